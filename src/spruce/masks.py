@@ -1,0 +1,92 @@
+"""Masks live on the layers through ``torch.nn.utils.parametrize``.
+
+``layer.weight`` becomes ``original * mask``, so a pruned model still trains with any
+optimizer, gradients of pruned entries are zero, and ``state_dict`` keeps the original
+weights (``<layer>.parametrizations.weight.original``) beside the masks
+(``<layer>.parametrizations.weight.0.mask``). Re-pruning intersects masks: nothing pruned
+comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .view import from_view, to_view
+
+
+class WeightMask(nn.Module):
+    """Parametrization ``w ↦ w · mask``; ``info`` records how the mask was made."""
+
+    def __init__(self, mask: torch.Tensor, info: dict[str, Any] | None = None):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+        self.info: dict[str, Any] = dict(info or {})
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask.to(w.dtype)
+
+    def extra_repr(self) -> str:
+        kept = int(self.mask.sum())
+        return f"kept={kept}/{self.mask.numel()}, info={self.info}"
+
+
+def mask_module(layer: nn.Module) -> WeightMask | None:
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    for p in layer.parametrizations.weight:
+        if isinstance(p, WeightMask):
+            return p
+    return None
+
+
+def get_mask(layer: nn.Module) -> torch.Tensor | None:
+    """The layer's mask in the 2-D view, or None if it carries none."""
+    m = mask_module(layer)
+    return None if m is None else to_view(m.mask)
+
+
+def mask_info(layer: nn.Module) -> dict[str, Any]:
+    m = mask_module(layer)
+    return {} if m is None else dict(m.info)
+
+
+def original_weight(layer: nn.Module) -> torch.Tensor:
+    """The unmasked weight parameter of a layer (masked or not)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return layer.weight
+
+
+def attach(layer: nn.Module, mask_view: torch.Tensor, info: dict[str, Any]) -> WeightMask:
+    """Put ``mask_view`` (2-D view) on ``layer``; intersect with a mask already there.
+
+    ``info['patterns']`` accumulates every pattern spec applied to the layer.
+    """
+    weight = original_weight(layer)
+    mask = from_view(mask_view.to(device=weight.device, dtype=torch.bool), weight)
+    existing = mask_module(layer)
+    if existing is not None:
+        existing.mask.copy_(existing.mask & mask)
+        history = existing.info.get("patterns", []) + info.get("patterns", [])
+        existing.info.update(info)
+        existing.info["patterns"] = history
+        return existing
+    param = WeightMask(mask, info)
+    parametrize.register_parametrization(layer, "weight", param)
+    return param
+
+
+def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules carrying a spruce mask, by qualified name."""
+    return {name: mod for name, mod in model.named_modules() if mask_module(mod) is not None}
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Write the zeros into the weights and remove the mask parametrizations (in place)."""
+    for layer in masked_layers(model).values():
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    return model

@@ -7,9 +7,10 @@
 
 __version__ = "0.1.0"
 
+from . import zoo  # noqa: E402
 from .io import load, save  # noqa: E402
 from .masks import bake, get_mask, masked_layers  # noqa: E402
 from .prune import PruneReport, density_of, prune  # noqa: E402
 
-__all__ = ["PruneReport", "bake", "density_of", "get_mask", "load", "masked_layers", "prune",
+__all__ = ["PruneReport", "zoo", "bake", "density_of", "get_mask", "load", "masked_layers", "prune",
            "save", "__version__"]

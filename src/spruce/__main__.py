@@ -1,0 +1,5 @@
+"""``python -m spruce`` runs the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,21 @@
+"""The ``spruce`` command line: one typer app; each group of commands in its own file."""
+
+from __future__ import annotations
+
+import typer
+
+from .pruning import demo, info, prune_cmd
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Pattern-aware pruning and sparse inference that is actually fast.")
+app.command("info")(info)
+app.command("prune")(prune_cmd)
+app.command("demo")(demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Helpers shared by CLI commands: resolving a model argument, rendering reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from ..prune import PruneReport
+
+console = Console()
+
+
+def fail(message: str) -> None:
+    """Print an error and exit with status 2 (bad input)."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def load_model(spec: str, dataset: str | None = None, seed: int = 0) -> nn.Module:
+    """A zoo name (``resnet18``) or ``path/to/file.py:factory`` returning an ``nn.Module``."""
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        return _from_file(spec)
+    from .. import zoo
+
+    return zoo.build(spec, dataset=dataset, seed=seed)
+
+
+def _from_file(spec: str) -> nn.Module:
+    file, _, factory = spec.partition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"model file {file!r} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"spruce_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[mod_spec.name] = module
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, factory):
+        raise ValueError(f"{file} has no {factory!r}; write FILE.py:FUNCTION returning a module")
+    model = getattr(module, factory)()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def fmt_count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def report_table(report: PruneReport, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col, just in [("layer", "left"), ("view R×K", "right"), ("pattern", "left"),
+                      ("density", "right"), ("params kept", "right")]:
+        table.add_column(col, justify=just)
+    for r in report.rows:
+        table.add_row(r.name, f"{r.view[0]}×{r.view[1]}", r.pattern, f"{r.density:.3f}",
+                      f"{fmt_count(r.kept)} / {fmt_count(r.total)}")
+    table.add_section()
+    table.add_row("total", "", "", f"{report.overall_density:.3f}",
+                  f"{fmt_count(report.kept)} / {fmt_count(report.total)}")
+    return table
+
+
+def print_skipped(report: PruneReport) -> None:
+    for s in report.skipped:
+        console.print(f"  [dim]left dense:[/] {s.name} — {s.reason}")

@@ -1,0 +1,65 @@
+"""The command line: info, prune, demo; bad input exits with a clear message."""
+
+import pytest
+from typer.testing import CliRunner
+
+import spruce
+from spruce.cli import app
+from spruce.io import read_header
+
+runner = CliRunner()
+
+
+def test_info_lists_layers_and_groups():
+    res = runner.invoke(app, ["info", "resnet18", "--dataset", "cifar10"])
+    assert res.exit_code == 0, res.output
+    assert "21 prunable layers" in res.output
+    assert "layer4.1.conv2" in res.output and "512×4608" in res.output
+
+
+def test_prune_writes_file_and_table(tmp_path):
+    out = tmp_path / "r18.safetensors"
+    res = runner.invoke(app, ["prune", "resnet18", "--dataset", "cifar10", "-p", "group",
+                              "-d", "0.5", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "total" in res.output and "0.500" in res.output
+    header = read_header(out)
+    assert header["model"] == "resnet18" and len(header["layers"]) == 21
+    model = spruce.zoo.build("resnet18", "cifar10", seed=123)
+    spruce.load(out, model)
+    assert spruce.density_of(model) == pytest.approx(0.5, abs=2e-3)
+
+
+def test_prune_block_option():
+    res = runner.invoke(app, ["prune", "resnet18", "--dataset", "cifar10", "-p", "block",
+                              "--block", "4x4", "-d", "0.25"])
+    assert res.exit_code == 0, res.output
+    assert "block 4x4" in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prune", "resnet18", "-p", "hexagon", "-d", "0.5"], "unknown pattern"),
+    (["prune", "resnet18", "-p", "element", "-d", "1.5"], "(0, 1]"),
+    (["prune", "nosuchnet", "-d", "0.5"], "unknown model"),
+    (["prune", "resnet18", "-c", "taylor", "-d", "0.5"], "calibration data"),
+])
+def test_bad_input_exit_code_2(args, message):
+    res = runner.invoke(app, args + ["--dataset", "cifar10"] if "nosuchnet" not in args else args)
+    assert res.exit_code == 2
+    assert message in res.output
+
+
+def test_model_from_file(tmp_path):
+    src = tmp_path / "mynet.py"
+    src.write_text("from torch import nn\n\ndef make():\n"
+                   "    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))\n")
+    res = runner.invoke(app, ["prune", f"{src}:make", "-p", "channel", "-d", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "channel" in res.output
+
+
+def test_demo_prints_every_pattern():
+    res = runner.invoke(app, ["demo", "--dataset", "cifar10"])
+    assert res.exit_code == 0, res.output
+    for label in ("element", "2:4", "block 8x8", "group", "channel"):
+        assert label in res.output

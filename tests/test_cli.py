@@ -7,7 +7,7 @@ import spruce
 from spruce.cli import app
 from spruce.io import read_header
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich does not cut names
 
 
 def test_info_lists_layers_and_groups():

@@ -85,8 +85,41 @@ def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: mod for name, mod in model.named_modules() if mask_module(mod) is not None}
 
 
+def unparametrized(layer: nn.Module) -> nn.Module:
+    """A plain twin of a mask-parametrized layer that shares its parameters; its ``weight``
+    is the original (unmasked) parameter.
+
+    ``parametrize.remove_parametrizations`` edits the generated class in place, and that
+    class is shared by deep copies of the model — removing it from a copy would break the
+    original. Building a twin avoids that.
+    """
+    if not parametrize.is_parametrized(layer, "weight"):
+        return layer
+    base = type(layer).__bases__[0]  # parametrize's generated subclass → the layer's class
+    twin = base.__new__(base)
+    twin.__dict__ = dict(layer.__dict__)
+    twin._parameters = {"weight": layer.parametrizations.weight.original,
+                        **{k: v for k, v in layer._parameters.items()}}
+    twin._buffers = dict(layer._buffers)
+    twin._modules = {k: v for k, v in layer._modules.items() if k != "parametrizations"}
+    return twin
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
 def bake(model: nn.Module) -> nn.Module:
-    """Write the zeros into the weights and remove the mask parametrizations (in place)."""
-    for layer in masked_layers(model).values():
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    """Write the zeros into the weights and drop the mask parametrizations (in place).
+
+    The weight and bias ``Parameter`` objects are kept (the original weight, now zeroed
+    where the mask removed entries).
+    """
+    for name, layer in masked_layers(model).items():
+        mask = mask_module(layer).mask
+        twin = unparametrized(layer)
+        with torch.no_grad():
+            twin.weight.mul_(mask.to(twin.weight.dtype))
+        set_submodule(model, name, twin)
     return model

@@ -1,0 +1,90 @@
+"""``channel``: rows pruned whole run as a smaller dense layer, scattered back to full width.
+
+The layer computes only its kept output features/channels; pruned ones output their bias
+(zero without a bias), so the rest of the model sees the same shapes. Shrinking the
+consumer as well is compaction's job (a later stage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backend, masked_weight, register
+from .im2col import ConvGeom, conv_reason
+
+
+def kept_rows(weight_view: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    src = mask if mask is not None else weight_view != 0
+    return src.any(1).nonzero().flatten().cpu()
+
+
+class ChannelScatter(nn.Module):
+    """Compacted Linear/Conv2d; outputs scattered into a bias-filled full-width tensor."""
+
+    def __init__(self, weight: torch.Tensor, kept: torch.Tensor, bias: torch.Tensor | None,
+                 out_features: int, geom: ConvGeom | None, in_features: int):
+        super().__init__()
+        self.geom, self.out_features, self.in_features = geom, out_features, in_features
+        self.dim = 1 if geom is not None else -1
+        full = torch.zeros(out_features, dtype=weight.dtype, device=weight.device)
+        if bias is not None:
+            full = bias.detach().clone()
+        self.register_buffer("kept", kept.to(weight.device))  # (Rc,)
+        self.register_buffer("weight", weight.contiguous())  # (Rc, C, kh, kw) or (Rc, K)
+        self.register_buffer("kept_bias", full.index_select(0, self.kept))  # (Rc,)
+        self.register_buffer("full_bias", full)  # (R,) what pruned outputs hold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.geom is None:
+            y = F.linear(x, self.weight, self.kept_bias)  # (..., Rc)
+            out = self.full_bias.expand(*y.shape[:-1], self.out_features).clone()
+            return out.index_copy_(y.dim() - 1, self.kept, y)
+        g = self.geom
+        y = F.conv2d(x, self.weight, self.kept_bias, g.stride, g.padding, g.dilation)
+        out = self.full_bias[None, :, None, None].expand(
+            y.shape[0], self.out_features, *y.shape[2:]).clone()
+        return out.index_copy_(1, self.kept, y)
+
+    def config(self) -> dict[str, Any]:
+        cfg = {"backend": "channel", "kept": self.kept.numel(), "out_features": self.out_features,
+               "in_features": self.in_features, "weight_shape": list(self.weight.shape)}
+        if self.geom is None:
+            return {**cfg, "kind": "linear"}
+        return {**cfg, "kind": "conv2d", **self.geom.config()}
+
+
+@register("channel")
+class Channel(Backend):
+    patterns = ("channel",)
+
+    @classmethod
+    def reason(cls, layer, mask, dtype, device) -> str | None:
+        why = super().reason(layer, mask, dtype, device) or conv_reason(layer)
+        if why:
+            return why
+        w = masked_weight(layer, mask).reshape(layer.weight.shape[0], -1)
+        if kept_rows(w, mask).numel() == w.shape[0]:
+            return "no all-zero row in the weight view: nothing to compact"
+        return None
+
+    @classmethod
+    def from_masked(cls, layer: nn.Module, mask: torch.Tensor | None) -> nn.Module:
+        w = masked_weight(layer, mask)  # layer shape
+        kept = kept_rows(w.reshape(w.shape[0], -1), mask)
+        if kept.numel() == 0:  # every row pruned: one zero row keeps the shapes valid
+            kept = torch.zeros(1, dtype=torch.long)
+        compact = w.index_select(0, kept.to(w.device))
+        geom = ConvGeom.of(layer) if isinstance(layer, nn.Conv2d) else None
+        return ChannelScatter(compact, kept, layer.bias, w.shape[0], geom,
+                              layer.weight[0].numel())
+
+    @classmethod
+    def empty(cls, config: dict[str, Any]) -> nn.Module:
+        geom = ConvGeom.from_config(config) if config["kind"] == "conv2d" else None
+        return ChannelScatter(torch.zeros(config["weight_shape"]),
+                              torch.zeros(config["kept"], dtype=torch.long), None,
+                              config["out_features"], geom, config["in_features"])

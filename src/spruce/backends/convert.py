@@ -1,0 +1,183 @@
+"""``spruce.convert``: every masked layer becomes its backend's inference module.
+
+The input model is left untouched; the result is a deep copy in inference mode. Layers the
+backend cannot serve for a structural reason stay dense and are listed with the reason;
+asking a backend for a pattern or dtype it does not serve is an error naming the layer.
+With ``verify=True`` each converted layer is compared with the dense masked reference on
+random inputs (shapes taken from ``example_input`` when given).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from ..masks import get_mask, mask_info, masked_layers, set_submodule, unparametrized
+from ..view import prunable_layers
+from .base import Backend, dtype_name, get_backend, names
+from .dense import Dense
+
+
+@dataclass
+class LayerConversion:
+    name: str
+    kind: str  # Linear / Conv2d
+    pattern: str  # pattern name(s) of the mask, "-" when found from zeros
+    backend: str  # what runs the layer now
+    reason: str | None = None  # why it stayed dense
+    rel_error: float | None = None  # ‖out − ref‖ / ‖ref‖ at verification
+
+
+@dataclass
+class ConversionReport:
+    backend: str
+    dtype: str
+    device: str
+    rows: list[LayerConversion] = field(default_factory=list)
+
+    @property
+    def fallbacks(self) -> list[LayerConversion]:
+        return [r for r in self.rows if r.reason is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "dtype": self.dtype, "device": self.device,
+                "rows": [asdict(r) for r in self.rows]}
+
+
+def tolerance(dtype: torch.dtype, device: torch.device) -> float:
+    """Normwise relative error allowed against the float64 dense reference."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return 2e-2
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return 5e-3
+    return 1e-4
+
+
+def _accepted(fn, options: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
+def _pattern_names(layer: nn.Module) -> list[str]:
+    return [p["name"] for p in mask_info(layer).get("patterns", [])]
+
+
+def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
+                         ) -> dict[str, torch.Size]:
+    """Input shape seen by each named layer in one forward pass of ``example_input``."""
+    shapes: dict[str, torch.Size] = {}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            shapes.setdefault(name, args[0].shape)
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names_]
+    try:
+        with torch.no_grad():
+            model(**example_input) if isinstance(example_input, dict) else model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device) -> torch.Tensor:
+    if shape is not None:
+        shape = (min(shape[0], 4), *shape[1:])
+    elif isinstance(layer, nn.Conv2d):
+        k = max(d * (s - 1) + 1 for d, s in zip(layer.dilation, layer.kernel_size))
+        side = k + 2 * max(layer.stride) + 3
+        shape = (2, layer.in_channels, side, side + 1)
+    else:
+        shape = (3, layer.in_features)
+    return torch.randn(shape, device=device).to(dtype)
+
+
+def verify_layer(name: str, backend: str, module: nn.Module, reference: nn.Module,
+                 shape: torch.Size | None, dtype: torch.dtype, device: torch.device) -> float:
+    """Relative error of ``module`` against ``reference`` (dense masked, run in float64)."""
+    x = _probe_input(reference, shape, dtype, device)
+    with torch.no_grad():
+        out = module(x).double()
+        ref = copy.deepcopy(reference).double()(x.double())
+    err = float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+    tol = tolerance(dtype, device)
+    if not err <= tol:  # also catches NaN
+        raise ValueError(f"layer '{name}': backend {backend} disagrees with the dense masked "
+                         f"reference (relative error {err:.2e} > {tol:.0e} in "
+                         f"{dtype_name(dtype)}); please report this as a bug")
+    return err
+
+
+def _targets(model: nn.Module, groups_from: str) -> dict[str, nn.Module]:
+    """Layers to convert: the masked ones, or (``groups_from='zeros'``) every prunable one."""
+    if groups_from == "zeros":
+        return prunable_layers(model)[0]
+    return masked_layers(model)
+
+
+def convert(model: nn.Module, backend: str | type[Backend] = "dense",
+            dtype: torch.dtype | None = None, example_input: Any = None, verify: bool = True,
+            **options: Any) -> nn.Module:
+    """A new inference module running every masked layer on ``backend``.
+
+    ``options`` go to the backend (e.g. ``layout=`` for groupwise; ``groups_from="zeros"``
+    also converts baked layers found by their all-zero columns). The per-layer report is
+    at ``result.spruce_report``.
+    """
+    b = get_backend(backend)
+    why = b.unavailable()
+    if why:
+        raise ValueError(f"backend '{b.name}' is not available here: {why}")
+    groups_from = options.get("groups_from", "mask")
+    if not _targets(model, groups_from):
+        warnings.warn("nothing to convert: the model carries no spruce masks; returning a "
+                      "dense copy", stacklevel=2)
+    new = copy.deepcopy(model)
+    if dtype is not None:
+        new = new.to(dtype)
+    first = next(new.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and dtype is None else dtype or torch.float32
+    targets = _targets(new, groups_from)
+    shapes = capture_input_shapes(new, example_input, list(targets)) \
+        if example_input is not None and targets else {}
+    report = ConversionReport(b.name, dtype_name(dtype), str(device))
+    plans = []
+    for name, layer in targets.items():  # decide everything before changing anything
+        patterns = _pattern_names(layer)
+        mask = get_mask(layer)
+        mask = None if mask is None else mask.detach().cpu()
+        layer = unparametrized(layer)
+        if patterns and not set(patterns) & set(b.patterns) and b is not Dense:
+            able = [n for n in names() if set(patterns) & set(get_backend(n).patterns)]
+            raise ValueError(f"layer '{name}': backend '{b.name}' does not serve the "
+                             f"{'+'.join(patterns)} pattern; backends that do: {', '.join(able)}")
+        if dtype not in b.dtypes:
+            raise ValueError(f"layer '{name}': backend '{b.name}' does not support "
+                             f"{dtype_name(dtype)}; it supports "
+                             f"{', '.join(dtype_name(d) for d in b.dtypes)}")
+        reason = b.reason(layer, mask, dtype, device, **_accepted(b.reason, options))
+        plans.append((name, layer, mask, patterns, reason))
+    for name, layer, mask, patterns, reason in plans:
+        chosen = Dense if reason else b
+        module = chosen.from_masked(layer, mask, **_accepted(chosen.from_masked, options))
+        row = LayerConversion(name, type(layer).__name__, "+".join(patterns) or "-",
+                              chosen.name, reason)
+        if verify:
+            reference = Dense.from_masked(layer, mask)
+            row.rel_error = verify_layer(name, chosen.name, module, reference, shapes.get(name),
+                                         dtype, device)
+        set_submodule(new, name, module)
+        report.rows.append(row)
+    new.eval()
+    new.requires_grad_(False)
+    new.spruce_report = report
+    return new
+

@@ -1,0 +1,138 @@
+"""``groupwise``: the paper's Algorithms 1 and 2 — gather the kept K, then a dense GEMM.
+
+Linear (Alg. 2): keep the input features whose column of the view is kept, multiply with
+the compacted weight ``W[:, kept]``. Conv2d (Alg. 1): im2col, keep the kept rows of the
+column matrix, GEMM, reshape. Pruned groups are found either from the mask (``"mask"``) or
+from all-zero columns of the baked weight (``"zeros"``, the paper's "sum is 0").
+
+Two layouts for the gather (the paper's Fig. 6):
+- ``"rows"`` — gather whole rows of the K-major operand (``cols[B, K, L]`` for a conv,
+  ``x^T[K, N]`` for a linear): contiguous, coalesced reads;
+- ``"cols"`` — gather columns of the K-minor operand (``x[N, K]``, ``cols^T[B, L, K]``):
+  strided reads.
+``layout="auto"`` takes ``"rows"`` for a conv (unfold already yields K-major rows) and
+``"cols"`` for a linear (its input is K-minor; the transposed form costs two transposes).
+Any mask with all-zero columns can use this backend; entries pruned inside kept columns
+stay as zeros in the compacted weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backend, masked_weight, register
+from .im2col import ConvGeom, conv_reason
+
+LAYOUTS = ("rows", "cols")
+
+
+def kept_columns(weight_view: torch.Tensor, mask: torch.Tensor | None, groups_from: str
+                 ) -> torch.Tensor:
+    """Indices of the K columns that take part in the product."""
+    if groups_from == "mask":
+        if mask is None:
+            raise ValueError("groups_from='mask' needs a mask; use groups_from='zeros' for "
+                             "a baked weight")
+        return mask.any(0).nonzero().flatten()
+    if groups_from == "zeros":
+        return (weight_view != 0).any(0).nonzero().flatten().cpu()
+    raise ValueError(f"groups_from must be 'mask' or 'zeros'; got {groups_from!r}")
+
+
+class GroupwiseLinear(nn.Module):
+    def __init__(self, weight: torch.Tensor, kept: torch.Tensor, bias: torch.Tensor | None,
+                 in_features: int, layout: str):
+        super().__init__()
+        self.in_features, self.layout = in_features, layout
+        self.register_buffer("kept", kept.to(weight.device))  # (Kc,) long
+        self.register_buffer("weight", weight.contiguous())  # (R, Kc)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., K)
+        if self.layout == "cols":
+            return F.linear(x.index_select(-1, self.kept), self.weight, self.bias)
+        lead = x.shape[:-1]
+        xt = x.reshape(-1, x.shape[-1]).t()  # (K, N) view
+        y = self.weight @ xt.index_select(0, self.kept)  # (R, N)
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.t().reshape(*lead, -1)
+
+    def config(self) -> dict[str, Any]:
+        return {"backend": "groupwise", "kind": "linear", "in_features": self.in_features,
+                "out_features": self.weight.shape[0], "kept": self.kept.numel(),
+                "bias": self.bias is not None, "layout": self.layout}
+
+
+class GroupwiseConv2d(nn.Module):
+    def __init__(self, weight: torch.Tensor, kept: torch.Tensor, bias: torch.Tensor | None,
+                 geom: ConvGeom, in_channels: int, layout: str):
+        super().__init__()
+        self.geom, self.in_channels, self.layout = geom, in_channels, layout
+        self.register_buffer("kept", kept.to(weight.device))  # (Kc,)
+        self.register_buffer("weight", weight.contiguous())  # (O, Kc)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone()[:, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
+        cols = self.geom.unfold(x)  # (B, K, L)
+        if self.layout == "rows":
+            y = self.weight @ cols.index_select(1, self.kept)  # (B, O, L)
+        else:
+            y = (cols.transpose(1, 2).index_select(2, self.kept) @ self.weight.t()).transpose(1, 2)
+        if self.bias is not None:
+            y = y + self.bias
+        return self.geom.fold(y, x.shape)
+
+    def config(self) -> dict[str, Any]:
+        return {"backend": "groupwise", "kind": "conv2d", "in_channels": self.in_channels,
+                "kept": self.kept.numel(), "bias": self.bias is not None,
+                "layout": self.layout, **self.geom.config()}
+
+
+@register("groupwise")
+class Groupwise(Backend):
+    patterns = ("group",)
+
+    @classmethod
+    def reason(cls, layer, mask, dtype, device, groups_from: str = "mask") -> str | None:
+        why = super().reason(layer, mask, dtype, device) or conv_reason(layer)
+        if why:
+            return why
+        w = masked_weight(layer, mask).reshape(layer.weight.shape[0], -1)
+        kept = kept_columns(w, mask, groups_from)
+        if kept.numel() == w.shape[1]:
+            return "no all-zero column in the weight view: nothing to compact"
+        return None
+
+    @classmethod
+    def from_masked(cls, layer: nn.Module, mask: torch.Tensor | None, groups_from: str = "mask",
+                    layout: str = "auto") -> nn.Module:
+        if layout not in LAYOUTS + ("auto",):
+            raise ValueError(f"layout must be one of {LAYOUTS + ('auto',)}; got {layout!r}")
+        w = masked_weight(layer, mask).reshape(layer.weight.shape[0], -1)  # (R, K)
+        kept = kept_columns(w, mask, groups_from)
+        if kept.numel() == 0:  # every column pruned: keep one zero column, output = bias
+            kept = torch.zeros(1, dtype=torch.long)
+        compact = w.index_select(1, kept.to(w.device))
+        bias = layer.bias
+        if isinstance(layer, nn.Conv2d):
+            return GroupwiseConv2d(compact, kept, bias, ConvGeom.of(layer), layer.in_channels,
+                                   "rows" if layout == "auto" else layout)
+        return GroupwiseLinear(compact, kept, bias, layer.in_features,
+                               "cols" if layout == "auto" else layout)
+
+    @classmethod
+    def empty(cls, config: dict[str, Any]) -> nn.Module:
+        kept = torch.zeros(config["kept"], dtype=torch.long)
+        bias_rows = config["out_features"] if config["kind"] == "linear" \
+            else config["out_channels"]
+        bias = torch.zeros(bias_rows) if config["bias"] else None
+        weight = torch.zeros(bias_rows, config["kept"])
+        if config["kind"] == "linear":
+            return GroupwiseLinear(weight, kept, bias, config["in_features"], config["layout"])
+        return GroupwiseConv2d(weight, kept, bias, ConvGeom.from_config(config),
+                               config["in_channels"], config["layout"])

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from . import zoo  # noqa: E402
 from .backends import convert  # noqa: E402
-from .io import load, save  # noqa: E402
+from .api import load, save  # noqa: E402
 from .masks import bake, get_mask, masked_layers  # noqa: E402
 from .prune import PruneReport, density_of, prune  # noqa: E402
 

@@ -114,7 +114,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     header = read_header(path)
     if header.get("format") != "masked":
         raise ValueError(f"{path}: holds a {header.get('format')!r} model; "
-                         "use spruce.load_converted for converted models")
+                         "load it with spruce.load")
     tensors = load_file(str(path))
     _check_masks(path, model, header, tensors)
     expected = _expected_shapes(model, header)

@@ -63,3 +63,37 @@ def test_demo_prints_every_pattern():
     assert res.exit_code == 0, res.output
     for label in ("element", "2:4", "block 8x8", "group", "channel"):
         assert label in res.output
+
+
+def test_convert_round_trip(tmp_path):
+    pruned, fast = tmp_path / "p.safetensors", tmp_path / "f.safetensors"
+    assert runner.invoke(app, ["prune", "resnet18", "--dataset", "cifar10", "-p", "group",
+                               "-d", "0.5", "-o", str(pruned)]).exit_code == 0
+    res = runner.invoke(app, ["convert", str(pruned), "-b", "groupwise", "-o", str(fast)])
+    assert res.exit_code == 0, res.output
+    assert "21 of 21 layers on groupwise" in res.output
+    model = spruce.load(fast, spruce.zoo.build("resnet18", "cifar10"))
+    ref = spruce.load(pruned, spruce.zoo.build("resnet18", "cifar10")).eval()
+    x = spruce.zoo.example_input("resnet18", "cifar10", batch=2)
+    import torch
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-b", "nosuch"], "unknown backend"),
+    (["-b", "channel"], "does not serve the group pattern"),
+    (["--dtype", "fp8"], "unknown dtype"),
+    (["--device", "cuda"], "no CUDA"),
+])
+def test_convert_bad_input(args, message, tmp_path):
+    pruned = tmp_path / "p.safetensors"
+    runner.invoke(app, ["prune", "resnet18", "--dataset", "cifar10", "-p", "group", "-d", "0.5",
+                        "-o", str(pruned)])
+    res = runner.invoke(app, ["convert", str(pruned)] + args)
+    assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_backends_lists_cpu_backends():
+    res = runner.invoke(app, ["backends"])
+    assert res.exit_code == 0 and "groupwise" in res.output and "dense" in res.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .converting import backends_cmd, convert_cmd
 from .pruning import demo, info, prune_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -11,6 +12,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 app.command("info")(info)
 app.command("prune")(prune_cmd)
 app.command("demo")(demo)
+app.command("convert")(convert_cmd)
+app.command("backends")(backends_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,68 @@
+"""``spruce convert`` and ``spruce backends``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+from rich.table import Table
+
+from ..api import load, save
+from ..backends import ConversionReport, available, convert
+from ..backends.io import DTYPES
+from ..io import read_header
+from .common import console, fail, load_model
+
+
+def report_table(report: ConversionReport, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("layer", "type", "pattern", "backend", "rel. error", "fallback reason"):
+        table.add_column(col, justify="right" if col == "rel. error" else "left")
+    for r in report.rows:
+        err = "" if r.rel_error is None else f"{r.rel_error:.1e}"
+        table.add_row(r.name, r.kind, r.pattern, r.backend, err, r.reason or "")
+    return table
+
+
+def convert_cmd(
+    pruned: Path = typer.Argument(..., help="a .safetensors file written by `spruce prune`"),
+    model: str = typer.Option(None, "--model", "-m",
+                              help="zoo name or FILE.py:FN (default: the name in the file)"),
+    backend: str = typer.Option("dense", "--backend", "-b", help="see `spruce backends`"),
+    dtype: str = typer.Option(None, help="fp32 | fp16 | bf16 (default: keep the model's)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    dataset: str = typer.Option(None, help="zoo variant (default: the one in the file)"),
+    output: Path = typer.Option(None, "--output", "-o", help="write the converted model"),
+) -> None:
+    """Turn a pruned model into an inference model and print the per-layer report."""
+    try:
+        header = read_header(pruned)
+        name = model or header.get("model")
+        if not name:
+            fail(f"{pruned} does not name its model; pass --model")
+        if dtype is not None and dtype not in DTYPES:
+            fail(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            fail("--device cuda asked for, but this machine has no CUDA; use --device cpu")
+        net = load(pruned, load_model(name, dataset or header.get("dataset"))).to(device)
+        fast = convert(net, backend, dtype=DTYPES.get(dtype) if dtype else None)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    rep = fast.spruce_report
+    console.print(report_table(rep, f"{name}: backend {rep.backend}, {rep.dtype} on {rep.device}"))
+    console.print(f"{len(rep.rows) - len(rep.fallbacks)} of {len(rep.rows)} layers on "
+                  f"{rep.backend}; {len(rep.fallbacks)} stayed dense")
+    if output:
+        console.print(f"wrote {save(fast, output, extra={'model': name})}")
+
+
+def backends_cmd() -> None:
+    """List the backends usable on this machine."""
+    table = Table(title="backends available here", title_justify="left")
+    for col in ("name", "patterns", "dtypes", "devices"):
+        table.add_column(col)
+    for row in available():
+        table.add_row(row["name"], ", ".join(row["patterns"]), ", ".join(row["dtypes"]),
+                      ", ".join(row["devices"]))
+    console.print(table)

@@ -35,3 +35,13 @@ def small_net():
 @pytest.fixture
 def small_input():
     return torch.randn(4, 3, 8, 8)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on the GPU device)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

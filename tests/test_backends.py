@@ -205,3 +205,31 @@ def test_verify_catches_a_wrong_module(small_net, monkeypatch):
     monkeypatch.setattr(gw, "from_masked", classmethod(broken))
     with warnings.catch_warnings(), pytest.raises(ValueError, match="layer 'conv1'.*disagrees"):
         spruce.convert(small_net, "groupwise")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend,pattern", [("dense", "element"), ("groupwise", "group"),
+                                             ("channel", "channel")])
+def test_backends_on_cuda(backend, pattern, dtype):
+    tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.float32 else LOW  # cuDNN convs use TF32
+    for _, layer in LAYERS:
+        mask = view_mask(pattern, layer, 0.5)
+        gpu_layer = copy.deepcopy(layer).to("cuda", dtype)
+        module = get_backend(backend).from_masked(gpu_layer, mask)
+        x = probe(layer, dtype).cuda()
+        ref = reference(layer, mask, x.double().cpu())
+        torch.testing.assert_close(module(x).double().cpu(), ref, **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_whole_model_on_cuda(dtype):
+    model = spruce.zoo.build("resnet18", "cifar10", seed=0).eval().cuda()
+    spruce.prune(model, "group", 0.5)
+    x = spruce.zoo.example_input("resnet18", "cifar10", batch=4).cuda()
+    fast = spruce.convert(model, "groupwise", dtype=dtype, example_input=x.to(dtype))
+    with torch.no_grad():
+        ref = model(x).float()
+        out = fast(x.to(dtype)).float()
+    assert float((out - ref).norm() / ref.norm()) < (1e-4 if dtype == torch.float32 else 2e-2)

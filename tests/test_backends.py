@@ -124,6 +124,8 @@ def test_available_lists_cpu_backends():
     rows = {r["name"]: r for r in available()}
     assert {"dense", "groupwise", "channel"} <= set(rows)
     assert rows["groupwise"]["patterns"] == ["group"] and "cpu" in rows["dense"]["devices"]
+    assert rows["csr"]["dtypes"]["cpu"] == ["fp32"]  # torch's CPU sparse matmul: fp32 only
+    assert "semi24" not in rows or torch.cuda.is_available()
 
 
 @pytest.mark.parametrize("model_name,pattern,backend", [
@@ -184,6 +186,16 @@ def test_convert_bad_input(backend, pattern, match, small_net):
     with pytest.raises(ValueError, match=match):
         spruce.convert(small_net, backend)
     assert all(torch.equal(v, before[k]) for k, v in small_net.state_dict().items())
+
+
+def test_convert_unsupported_dtype_and_unavailable_backend(small_net):
+    spruce.prune(small_net, "2:4")
+    with pytest.raises(ValueError, match="layer 'conv1': backend 'csr' does not support bf16 "
+                                         "on cpu; it supports fp32"):
+        spruce.convert(small_net, "csr", dtype=torch.bfloat16)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="backend 'semi24' is not available here: .*CUDA"):
+            spruce.convert(small_net, "semi24")
 
 
 def test_convert_without_masks_warns(small_net, small_input):

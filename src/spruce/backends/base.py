@@ -39,6 +39,11 @@ class Backend:
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
 
     @classmethod
+    def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:
+        """The dtypes this backend runs on ``device_type`` ("cpu", "cuda")."""
+        return cls.dtypes
+
+    @classmethod
     def unavailable(cls) -> str | None:
         """Why this backend cannot run on this machine at all, or None."""
         return None
@@ -100,8 +105,8 @@ def available() -> list[dict[str, Any]]:
         b = _REGISTRY[name]
         devices = [d for d in b.devices if d == "cpu" or torch.cuda.is_available()]
         if b.unavailable() is None and devices:
-            rows.append({"name": name, "patterns": list(b.patterns),
-                         "dtypes": [dtype_name(d) for d in b.dtypes], "devices": devices})
+            rows.append({"name": name, "patterns": list(b.patterns), "devices": devices,
+                         "dtypes": {d: [dtype_name(t) for t in b.dtypes_on(d)] for d in devices}})
     return rows
 
 

@@ -160,10 +160,10 @@ def convert(model: nn.Module, backend: str | type[Backend] = "dense",
             able = [n for n in names() if set(patterns) & set(get_backend(n).patterns)]
             raise ValueError(f"layer '{name}': backend '{b.name}' does not serve the "
                              f"{'+'.join(patterns)} pattern; backends that do: {', '.join(able)}")
-        if dtype not in b.dtypes:
+        if dtype not in b.dtypes_on(device.type):
             raise ValueError(f"layer '{name}': backend '{b.name}' does not support "
-                             f"{dtype_name(dtype)}; it supports "
-                             f"{', '.join(dtype_name(d) for d in b.dtypes)}")
+                             f"{dtype_name(dtype)} on {device.type}; it supports "
+                             f"{', '.join(dtype_name(d) for d in b.dtypes_on(device.type))}")
         reason = b.reason(layer, mask, dtype, device, **_accepted(b.reason, options))
         plans.append((name, layer, mask, patterns, reason))
     for name, layer, mask, patterns, reason in plans:

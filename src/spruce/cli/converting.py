@@ -63,6 +63,6 @@ def backends_cmd() -> None:
     for col in ("name", "patterns", "dtypes", "devices"):
         table.add_column(col)
     for row in available():
-        table.add_row(row["name"], ", ".join(row["patterns"]), ", ".join(row["dtypes"]),
-                      ", ".join(row["devices"]))
+        dtypes = "; ".join(f"{d}: {', '.join(ts)}" for d, ts in row["dtypes"].items())
+        table.add_row(row["name"], ", ".join(row["patterns"]), dtypes, ", ".join(row["devices"]))
     console.print(table)

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/spruce demo
+	$(BIN)/spruce characterize --preset quick --output spruce-report --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -101,8 +101,8 @@ def test_make_inputs_distinct_nonzero_reproducible():
     assert all(x.shape == (3, 5) and x.dtype == torch.float16 for x in xs)
     assert all(bool((x != 0).all()) for x in xs)              # never time zeros
     assert all(not torch.equal(xs[i], xs[j]) for i in range(4) for j in range(i + 1, 4))
-    assert all(torch.equal(a, b) for a, b in zip(xs, make_inputs((3, 5), n=4,
-                                                                 dtype=torch.float16)))
+    again = make_inputs((3, 5), n=4, dtype=torch.float16)
+    assert all(torch.equal(a, b) for a, b in zip(xs, again, strict=True))
     assert not torch.equal(xs[0], make_inputs((3, 5), n=1, dtype=torch.float16, seed=1)[0])
 
 

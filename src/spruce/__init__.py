@@ -7,11 +7,11 @@
 
 __version__ = "0.1.0"
 
-from . import zoo  # noqa: E402
-from .backends import convert  # noqa: E402
-from .api import load, save  # noqa: E402
-from .masks import bake, get_mask, masked_layers  # noqa: E402
-from .prune import PruneReport, density_of, prune  # noqa: E402
+from . import zoo
+from .api import load, save
+from .backends import convert
+from .masks import bake, get_mask, masked_layers
+from .prune import PruneReport, density_of, prune
 
 __all__ = ["PruneReport", "__version__", "bake", "convert", "density_of", "get_mask", "load",
            "masked_layers", "prune", "save", "zoo"]

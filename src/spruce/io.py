@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +31,39 @@ MASK_SUFFIX = ".parametrizations.weight.0.mask"
 ORIG_SUFFIX = ".parametrizations.weight.original"
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                header: dict[str, Any]) -> Path:
-    """Write ``tensors`` and a JSON ``header`` to ``path`` via temp file + rename."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)``, then rename onto ``path``: readers see the old file or the
+    new one, never half of one (also on Ctrl-C). The file gets the usual permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # clones: safetensors refuses tensors that share storage (tied weights)
-        plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-        save_file(plain, tmp, metadata={HEADER_KEY: json.dumps(header)})
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+    return atomic_write(path, write)
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                header: dict[str, Any]) -> Path:
+    """Write ``tensors`` and a JSON ``header`` to ``path`` as safetensors, atomically."""
+    # clones: safetensors refuses tensors that share storage (tied weights)
+    plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(plain, tmp,
+                                                    metadata={HEADER_KEY: json.dumps(header)}))
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -85,7 +103,7 @@ def _check_masks(path: Path, model: nn.Module, header: dict[str, Any],
         if mask is None:
             raise ValueError(f"{path}: layer '{name}' is listed in the header but its mask "
                              "tensor is missing; the file is damaged")
-        weight_shape = tuple(getattr(layer, "weight").shape)
+        weight_shape = tuple(layer.weight.shape)
         if tuple(mask.shape) != weight_shape:
             raise ValueError(f"layer '{name}': mask shape {tuple(mask.shape)} does not match "
                              f"the model's weight {weight_shape}; wrong model or variant?")

@@ -25,10 +25,10 @@ from torch import nn
 from ..view import to_view, view_shape
 from .base import Backend, register
 from .csr import (
+    DTYPES_BY_DEVICE,
     SparseGemm,
     check_build,
     compress_rows,
-    DTYPES_BY_DEVICE,
     device_dtype_reason,
     dtype_of,
     geom_of,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from ..masks import get_mask, mask_info, masked_layers, set_submodule, unparametrized
 from ..view import prunable_layers
 from .base import Backend, dtype_name, get_backend, names
@@ -92,7 +93,7 @@ def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device) -> t
     if shape is not None:
         shape = (min(shape[0], 4), *shape[1:])
     elif isinstance(layer, nn.Conv2d):
-        k = max(d * (s - 1) + 1 for d, s in zip(layer.dilation, layer.kernel_size))
+        k = max(d * (s - 1) + 1 for d, s in zip(layer.dilation, layer.kernel_size, strict=False))
         side = k + 2 * max(layer.stride) + 3
         shape = (2, layer.in_channels, side, side + 1)
     else:

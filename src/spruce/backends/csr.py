@@ -59,7 +59,8 @@ def mask_shape_reason(layer: nn.Module, mask: torch.Tensor | None) -> str | None
     return None
 
 
-def compress_rows(keep: torch.Tensor, index_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def compress_rows(keep: torch.Tensor, index_dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bool ``[R, K]`` → CSR ``(crow_indices [R+1], col_indices [nnz])`` of its True entries,
     row-major (the order ``tensor[keep]`` reads values in)."""
     crow = torch.zeros(keep.shape[0] + 1, dtype=torch.int64, device=keep.device)

@@ -43,7 +43,8 @@ class ConvGeom:
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride,
                                                   self.padding, self.dilation)
-        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        return ho, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
     def unfold(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` → ``[B, C·kh·kw, L]`` (L = Ho·Wo)."""

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_write_text
 from .env import environment
 from .timing import time_fn
 
@@ -182,8 +182,8 @@ class ResultsWriter:
             self.environment = environment(first or "cpu")
         payload = {"environment": self.environment,
                    "records": [r.to_dict() for r in self.records]}
-        _atomic_write(self.json_path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
-        _atomic_write(self.csv_path, _csv_text(payload["records"]))
+        atomic_write_text(self.json_path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+        atomic_write_text(self.csv_path, _csv_text(payload["records"]))
 
     def __enter__(self):
         return self
@@ -204,14 +204,3 @@ def _csv_text(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one (even on Ctrl-C)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .bench import bench_layer, bench_model, characterize
 from .converting import backends_cmd, convert_cmd
 from .pruning import demo, info, prune_cmd
 
@@ -14,6 +15,12 @@ app.command("prune")(prune_cmd)
 app.command("demo")(demo)
 app.command("convert")(convert_cmd)
 app.command("backends")(backends_cmd)
+app.command("characterize")(characterize)
+
+bench_app = typer.Typer(no_args_is_help=True, help="Time layers and models, dense and pruned.")
+bench_app.command("layer")(bench_layer)
+bench_app.command("model")(bench_model)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ class Taylor(Criterion):
         for batch in self.data:
             loss = self.loss_fn(model, batch)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for n, g in zip(names, grads):
+            for n, g in zip(names, grads, strict=False):
                 if g is not None:
                     w = layer_view(layers[n]).detach()
                     total[n] += (w * to_view(g)).abs().float().cpu()

@@ -125,7 +125,8 @@ class Pattern:
         size = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, flat, torch.ones_like(m))
         partial = ((kept > 0) & (kept < size)).nonzero()
         if partial.numel():
-            return f"{partial.numel()} {self.name} group(s) are partly kept (first: #{int(partial[0])})"
+            return (f"{partial.numel()} {self.name} group(s) are partly kept "
+                    f"(first: #{int(partial[0])})")
         return None
 
 

@@ -87,7 +87,8 @@ class ShuffleNetV2(nn.Module):
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
         in_ch = c0
-        for name, reps, out_ch in zip(("stage2", "stage3", "stage4"), STAGE_REPEATS, (c2, c3, c4)):
+        stages = zip(("stage2", "stage3", "stage4"), STAGE_REPEATS, (c2, c3, c4), strict=True)
+        for name, reps, out_ch in stages:
             blocks = [InvertedResidual(in_ch, out_ch, 2)]  # first block halves H, W
             blocks += [InvertedResidual(out_ch, out_ch, 1) for _ in range(reps - 1)]
             setattr(self, name, nn.Sequential(*blocks))

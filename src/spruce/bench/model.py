@@ -1,0 +1,223 @@
+"""Whole models end to end: dense, then each pattern × kept ratio on each backend serving it.
+
+    from spruce.bench.model import bench_model
+    rows = bench_model("resnet18", ["group", "2:4"], [0.75, 0.5, 0.25], batch=8,
+                       options=ModelOptions(dataset="cifar10"))
+
+Every case prunes a fresh copy of the model built from the same seed (magnitude, uniform
+density per layer), converts it with each backend in the registry that declares the
+pattern and can run on the device — the dense model of the same run is the baseline —
+and times the converted model end to end on rotated inputs. BERT-style models take dict
+inputs and are called as ``model(**x)``. ``param_ratio`` is the kept fraction of all
+prunable weights (``spruce.density_of``): layers a pattern cannot apply to stay dense and
+count as kept. A pruning, conversion or timing that fails becomes an error row.
+
+Accuracy is a hook for later: ``evaluate(module) -> float`` (e.g. top-1 on held-out data),
+called on the dense and every converted model; its value lands in ``extra["accuracy"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import convert, density_of, prune, zoo
+from ..view import prunable_layers, view_shape
+from .records import MEASURE_ERRORS, Record, ResultsWriter, describe_error, dtype_name, measure
+from .sweep import (
+    BASELINE,
+    DEFAULT_BLOCK,
+    PatternCase,
+    Sink,
+    TimingConfig,
+    candidate_backends,
+    check_backends,
+    check_device,
+    error_row,
+    no_backend_message,
+    pattern_cases,
+    torch_dtype,
+    unavailable,
+    with_unit_ratio,
+)
+from .timing import make_inputs
+
+FITS = ("exclude", "error")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Knobs of a model sweep beyond what is swept."""
+
+    timing: TimingConfig = field(default_factory=TimingConfig)  # warm-up, runs, time, threads
+    dataset: str | None = None               # zoo variant (cifar10, ...); None: zoo default
+    seed: int = 0                            # weights and inputs
+    block: tuple[int, int] = DEFAULT_BLOCK   # block pattern tile (bo, bk)
+    fit: str = "exclude"                     # a layer the pattern cannot apply to (a block
+    #                                          larger than its view): leave it dense
+    #                                          ("exclude") or record the failure ("error")
+    criterion: str = "magnitude"             # what decides which weights go
+    scope: str = "uniform"                   # how the density is spread over layers
+    exclude: tuple[str, ...] = ()            # module-name globs never pruned
+    rotation: int | None = None              # input buffers; None: enough to beat the cache
+    verify: bool = True                      # check converted layers against the reference
+    backend_options: dict = field(default_factory=dict, hash=False)  # {"groupwise": {...}}
+    zoo_kwargs: dict = field(default_factory=dict, hash=False)  # to zoo.build: a smaller
+    #                                                             ViT (depth=2, dim=128), ...
+
+
+@dataclass
+class _Subject:
+    """A model to measure: how to get a fresh copy, and how to call it."""
+
+    name: str                         # row label: "resnet18/cifar10" or the class name
+    fresh: Callable[[], nn.Module]    # a new copy with the same initial weights
+    example: Any                      # one input batch (tensor or dict of tensors)
+    extra: dict                       # model, dataset, batch
+
+
+def bench_model(model: str | nn.Module, patterns: Sequence[str],
+                densities: Sequence[float] = (0.75, 0.5, 0.25),
+                backends: Sequence[str] | None = None, dtype: str | torch.dtype = "fp32",
+                device: str | torch.device = "cpu", batch: int = 8,
+                writer: ResultsWriter | None = None, *, options: ModelOptions = ModelOptions(),
+                example_input: Any = None, name: str | None = None,
+                evaluate: Callable[[nn.Module], Any] | None = None,
+                on_record: Callable[[Record], None] | None = None,
+                on_case: Callable[[str], None] | None = None) -> list[Record]:
+    """Measure a zoo model (by name) or a module (with ``example_input``) dense, then
+    pruned with each pattern at each kept ratio on each backend that declares it."""
+    dev, dt = check_device(device), torch_dtype(dtype)
+    requested = check_backends(backends)
+    if options.fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}; got {options.fit!r}")
+    cases = pattern_cases(patterns, densities, options.block)
+    subject = _subject(model, batch, options, example_input, name)
+    sink = Sink(writer, on_record, on_case)
+    inputs = make_inputs(subject.example, n=options.rotation, dtype=dt, device=dev,
+                         seed=options.seed)
+    common = dict(kind="model", device=dev, dtype=dtype_name(dt), **options.timing.kwargs())
+    base = subject.fresh().to(device=dev, dtype=dt).eval().requires_grad_(False)
+    dense = measure(subject.name, _caller(base), inputs, backend=BASELINE, param_ratio=1.0,
+                    extra=_evaluated(base, evaluate, subject.extra), **common)
+    sink.emit(with_unit_ratio(dense))
+    sink.case_done(f"{subject.name}: dense")
+    del base
+    for case in cases:
+        _bench_case(subject, case, inputs, dense.median_ms, requested, options, evaluate,
+                    sink, common)
+        sink.case_done(f"{subject.name}: {case.label} kept {case.density:g}")
+    return sink.records
+
+
+def _subject(model: str | nn.Module, batch: int, options: ModelOptions, example_input: Any,
+             name: str | None) -> _Subject:
+    if isinstance(model, nn.Module):
+        if example_input is None:
+            raise ValueError("bench_model on a module needs example_input= (one batch)")
+        label = name or type(model).__name__
+        return _Subject(label, lambda: copy.deepcopy(model), example_input,
+                        {"model": label, "batch": _batch_of(example_input)})
+    if model not in zoo.names():
+        raise ValueError(f"unknown model {model!r}; valid: {', '.join(zoo.names())}")
+    dataset = options.dataset or zoo.registry.DEFAULT_DATASET[zoo.REGISTRY[model].modality]
+    example = zoo.example_input(model, dataset, batch=batch, seed=options.seed)
+    return _Subject(name or f"{model}/{dataset}",
+                    lambda: zoo.build(model, dataset, seed=options.seed,
+                                      **options.zoo_kwargs), example,
+                    {"model": model, "dataset": dataset, "batch": batch,
+                     **({"zoo_kwargs": options.zoo_kwargs} if options.zoo_kwargs else {})})
+
+
+def _bench_case(subject: _Subject, case: PatternCase, inputs: list, dense_ms: float | None,
+                requested, options: ModelOptions, evaluate, sink: Sink, common: dict) -> None:
+    fields = dict(pattern=case.label, density=case.density, **common)
+    extra = dict(subject.extra)
+    net = subject.fresh()
+    try:
+        pat = case.pattern()
+        unfit = _unfit_layers(net, pat, options) if options.fit == "exclude" else []
+        prune(net, pat, None if pat.fixed_density() else case.density,
+              criterion=options.criterion, scope=options.scope,
+              exclude=list(options.exclude) + unfit)
+    except MEASURE_ERRORS as e:
+        sink.emit(error_row(subject.name, inputs, f"pruning failed: {describe_error(e)}",
+                            fields, extra))
+        return
+    fields["param_ratio"] = density_of(net)
+    extra.update(pattern_spec=pat.spec(), left_dense=unfit)
+    net = net.to(common["device"])
+    candidates = candidate_backends(case.family, requested, common["device"])
+    if not candidates:
+        sink.emit(error_row(subject.name, inputs, no_backend_message(case, requested),
+                            fields, extra))
+    for backend in candidates:
+        row = {**fields, "backend": backend}
+        why = unavailable(backend)
+        if why:
+            sink.emit(error_row(subject.name, inputs, f"backend {backend} unavailable: {why}", row,
+                             extra))
+            continue
+        sink.emit(_bench_backend(subject, net, backend, inputs, dense_ms, options, evaluate,
+                                 row, extra))
+
+
+def _bench_backend(subject: _Subject, net: nn.Module, backend: str, inputs: list,
+                   dense_ms: float | None, options: ModelOptions, evaluate, row: dict,
+                   extra: dict) -> Record:
+    try:
+        fast = convert(net, backend, dtype=torch_dtype(row["dtype"]),
+                       example_input=_first(inputs[0]), verify=options.verify,
+                       **options.backend_options.get(backend, {}))
+    except MEASURE_ERRORS as e:
+        return error_row(subject.name, inputs, f"convert failed: {describe_error(e)}", row, extra)
+    report = fast.spruce_report
+    served = len(report.rows) - len(report.fallbacks)
+    if served == 0:
+        why = report.fallbacks[0].reason if report.fallbacks else "no masked layer"
+        return error_row(subject.name, inputs, f"backend {backend} served no layer: {why}",
+                         row, extra)
+    extra = {**extra, "layers_on_backend": served,
+             "layers_fallback_dense": len(report.fallbacks)}
+    return measure(subject.name, _caller(fast), inputs, dense_ms=dense_ms,
+                   extra=_evaluated(fast, evaluate, extra), **row)
+
+
+def _unfit_layers(net: nn.Module, pattern, options: ModelOptions) -> list[str]:
+    """Prunable layers whose view the pattern cannot apply to (e.g. a 32×32 block on the
+    64×27 first conv): the pattern's own ``check_shape`` says so."""
+    layers, _ = prunable_layers(net, tuple(options.exclude))
+    unfit = []
+    for name, layer in layers.items():
+        try:
+            pattern.check_shape(view_shape(layer))
+        except ValueError:
+            unfit.append(name)
+    return unfit
+
+
+def _caller(module: nn.Module) -> Callable[[Any], Any]:
+    """``module(x)``, or ``module(**x)`` for dict inputs (HF models)."""
+    return lambda x: module(**x) if isinstance(x, dict) else module(x)
+
+
+def _evaluated(module: nn.Module, evaluate, extra: dict) -> dict:
+    if evaluate is None:
+        return dict(extra)
+    with torch.inference_mode():
+        return {**extra, "accuracy": evaluate(module)}
+
+
+def _first(x: Any) -> Any:
+    """The first example of a batch (tensor or dict of tensors): what convert traces."""
+    return {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
+
+
+def _batch_of(x: Any) -> int | None:
+    t = next(iter(x.values()), None) if isinstance(x, dict) else x
+    return int(t.shape[0]) if isinstance(t, torch.Tensor) and t.dim() else None

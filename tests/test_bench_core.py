@@ -258,3 +258,12 @@ def test_environment_has_all_keys():
     assert isinstance(env["threads"], int) and env["threads"] >= 1
     assert env["date"].endswith("+00:00")
     json.dumps(env)
+
+
+def test_max_time_caps_slow_cases_but_keeps_three_runs():
+    import time as _time
+
+    t = time_fn(lambda x: _time.sleep(0.03), [torch.ones(1)], device="cpu", warmup=0,
+                min_runs=20, min_time_s=0.0, max_time_s=0.05)
+    assert t.runs == 3  # CAPPED_MIN_RUNS, not 20
+    assert t.median_ms >= 25

@@ -121,7 +121,7 @@ def measure(name: str, fn: Callable[[Any], Any], inputs: list, *,
             device: torch.device | str, kind: str = "layer", dense_ms: float | None = None,
             warmup: int = 3, min_runs: int = 20, min_time_s: float = 0.2,
             threads: int | None = None, cuda_graph: bool = False,
-            **fields: Any) -> Record:
+            max_time_s: float | None = None, **fields: Any) -> Record:
     """Time ``fn`` over ``inputs`` (see ``time_fn``) into a ``Record``; an error row on failure.
 
     ``fields`` are Record fields (pattern, density, backend, dtype, param_ratio, extra, ...).
@@ -137,7 +137,8 @@ def measure(name: str, fn: Callable[[Any], Any], inputs: list, *,
     row.update(fields)
     try:
         t = time_fn(fn, inputs, device=device, warmup=warmup, min_runs=min_runs,
-                    min_time_s=min_time_s, threads=threads, cuda_graph=cuda_graph)
+                    min_time_s=min_time_s, threads=threads, cuda_graph=cuda_graph,
+                    max_time_s=max_time_s)
     except MEASURE_ERRORS as e:
         if isinstance(e, _OOM) and torch.cuda.is_available():
             torch.cuda.empty_cache()   # let the next case of the sweep start clean

@@ -35,10 +35,12 @@ class TimingConfig:
     min_runs: int = 20         # samples behind each median, at least
     min_time_s: float = 0.2    # timed seconds per case, at least
     threads: int | None = None  # CPU threads; None: torch's current setting (recorded)
+    max_time_s: float | None = None  # cap for very slow cases (>= 3 runs still; see time_fn)
 
     def kwargs(self) -> dict[str, Any]:
         return {"warmup": self.warmup, "min_runs": self.min_runs,
-                "min_time_s": self.min_time_s, "threads": self.threads}
+                "min_time_s": self.min_time_s, "threads": self.threads,
+                "max_time_s": self.max_time_s}
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-TIMING_KNOBS = ("warmup", "min_runs", "min_time_s", "threads")
+TIMING_KNOBS = tuple(TimingConfig().kwargs())  # the knobs measure() takes, not Record fields
 
 
 def error_row(name: str, inputs: list, error: str, fields: dict, extra: dict) -> Record:

@@ -35,6 +35,7 @@ import torch
 from torch.utils import benchmark
 
 MAX_RUNS = 10_000          # a cap on samples, for calls of a few µs under a long min_time_s
+CAPPED_MIN_RUNS = 3        # samples kept at least when max_time_s cuts a slow case short
 _MIN_SAMPLE_S = 10e-6      # CPU calls faster than this are timed in groups
 _MAX_ROTATION_BYTES = 1 << 30  # never allocate more than 1 GiB of rotation buffers
 _MAX_BUFFERS = 8
@@ -75,11 +76,14 @@ def _quantile(sorted_xs: list[float], q: float) -> float:
 
 def time_fn(fn: Callable[[Any], Any], inputs: list, *, device: torch.device | str,
             warmup: int = 3, min_runs: int = 20, min_time_s: float = 0.2,
-            threads: int | None = None, cuda_graph: bool = False) -> Timing:
+            threads: int | None = None, cuda_graph: bool = False,
+            max_time_s: float | None = None) -> Timing:
     """Time ``fn(inputs[i % len(inputs)])``, i = 0, 1, 2, ... under ``torch.inference_mode()``.
 
     ``warmup`` untimed calls come first. ``threads`` (CPU only) defaults to
-    ``torch.get_num_threads()``. See the module docstring for how samples are taken.
+    ``torch.get_num_threads()``. ``max_time_s`` caps the timed seconds of very slow calls
+    (a 3-second CSR call): sampling stops there once ``CAPPED_MIN_RUNS`` samples exist, and
+    the Timing's ``runs`` says how many there are. See the module docstring.
     """
     if not inputs:
         raise ValueError("time_fn needs at least one input buffer; got an empty list")
@@ -94,11 +98,21 @@ def time_fn(fn: Callable[[Any], Any], inputs: list, *, device: torch.device | st
                     return _time_cuda_graph(fn, inputs, warmup, min_runs, min_time_s)
                 for _ in range(warmup):
                     step()
-                return _time_cuda(step, min_runs, min_time_s)
+                return _time_cuda(step, min_runs, min_time_s, max_time_s=max_time_s)
         if cuda_graph:
             raise ValueError(f"cuda_graph=True needs a CUDA device; got {device}")
         return _time_cpu(step, warmup, min_runs, min_time_s,
-                         threads or torch.get_num_threads())
+                         threads or torch.get_num_threads(), max_time_s)
+
+
+def _more(n: int, timed_s: float, min_runs: int, min_time_s: float,
+          max_time_s: float | None) -> bool:
+    """Whether to take another sample."""
+    if n >= MAX_RUNS:
+        return False
+    if max_time_s is not None and timed_s >= max_time_s and n >= min(min_runs, CAPPED_MIN_RUNS):
+        return False
+    return n < min_runs or timed_s < min_time_s
 
 
 def _rotation(fn: Callable[[Any], Any], inputs: list) -> Callable[[], Any]:
@@ -122,7 +136,8 @@ def _num_threads(n: int):
         torch.set_num_threads(prior)
 
 
-def _time_cpu(step, warmup: int, min_runs: int, min_time_s: float, threads: int) -> Timing:
+def _time_cpu(step, warmup: int, min_runs: int, min_time_s: float, threads: int,
+              max_time_s: float | None = None) -> Timing:
     # Setting the threads around the whole loop too means Timer's own set/restore is a no-op.
     with _num_threads(threads):
         timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
@@ -132,7 +147,7 @@ def _time_cpu(step, warmup: int, min_runs: int, min_time_s: float, threads: int)
         number = 1 if one_call_s >= _MIN_SAMPLE_S else math.ceil(_MIN_SAMPLE_S / one_call_s)
         samples_ms: list[float] = []
         timed_s = 0.0
-        while (len(samples_ms) < min_runs or timed_s < min_time_s) and len(samples_ms) < MAX_RUNS:
+        while _more(len(samples_ms), timed_s, min_runs, min_time_s, max_time_s):
             per_call_s = timer.timeit(number).median   # one block of `number` calls, / number
             samples_ms.append(per_call_s * 1e3)
             timed_s += per_call_s * number
@@ -148,27 +163,36 @@ def _do_bench():
     return do_bench if "return_mode" in inspect.signature(do_bench).parameters else None
 
 
+def _event_ms(call) -> float:
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def _time_cuda(call, min_runs: int, min_time_s: float, calls_per_sample: int = 1,
-               method: str | None = None) -> Timing:
-    """Samples of ``call`` on the current CUDA device, divided by ``calls_per_sample``."""
+               method: str | None = None, max_time_s: float | None = None) -> Timing:
+    """Samples of ``call`` on the current CUDA device, divided by ``calls_per_sample``.
+
+    ``do_bench`` first runs a few calls to estimate the time; for calls so slow that
+    ``min_runs`` of them would pass ``max_time_s``, events time each call instead.
+    """
     do_bench = _do_bench()
     samples_ms: list[float] = []
+    if max_time_s is not None and _event_ms(call) * min_runs > max_time_s * 1e3:
+        do_bench = None
     if do_bench is not None:
         while len(samples_ms) < min_runs:   # do_bench stops on time; make up the count
             samples_ms += [float(t) for t in
                            do_bench(call, warmup=1, rep=min_time_s * 1e3, return_mode="all")]
     else:
         timed_ms = 0.0
-        while (len(samples_ms) < min_runs or timed_ms < min_time_s * 1e3) \
-                and len(samples_ms) < MAX_RUNS:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            samples_ms.append(start.elapsed_time(end))
+        while _more(len(samples_ms), timed_ms / 1e3, min_runs, min_time_s, max_time_s):
+            samples_ms.append(_event_ms(call))
             timed_ms += samples_ms[-1]
     method = method or ("do_bench" if do_bench is not None else "events")
     return Timing.from_samples([t / calls_per_sample for t in samples_ms], method,

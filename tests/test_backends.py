@@ -230,7 +230,7 @@ def test_backends_on_cuda(backend, pattern, dtype):
         gpu_layer = copy.deepcopy(layer).to("cuda", dtype)
         module = get_backend(backend).from_masked(gpu_layer, mask)
         x = probe(layer, dtype).cuda()
-        ref = reference(layer, mask, x.double().cpu())
+        ref = reference(copy.deepcopy(layer).double(), mask, x.double().cpu())
         torch.testing.assert_close(module(x).double().cpu(), ref, **tol)
 
 
@@ -244,4 +244,5 @@ def test_whole_model_on_cuda(dtype):
     with torch.no_grad():
         ref = model(x).float()
         out = fast(x.to(dtype)).float()
-    assert float((out - ref).norm() / ref.norm()) < (1e-4 if dtype == torch.float32 else 2e-2)
+    # fp32: the dense reference's cuDNN convolutions run in TF32 (torch's default)
+    assert float((out - ref).norm() / ref.norm()) < (5e-3 if dtype == torch.float32 else 2e-2)

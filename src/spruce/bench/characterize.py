@@ -66,6 +66,8 @@ class Preset:
     model_timing: TimingConfig = field(default_factory=TimingConfig)  # per model case
     layer_timing: TimingConfig = field(default_factory=TimingConfig)  # per layer case
     steps: bool = True                         # group-wise step breakdown (Figs 12–13)
+    tf32: bool = False                         # fp32 on TF32 tensor cores (cuBLAS and cuDNN
+    #                                            alike); False: IEEE fp32, as in the paper
 
 
 _CPU_FAST = TimingConfig(warmup=1, min_runs=5, min_time_s=0.05)   # quick: ~2 min on 2 cores
@@ -150,10 +152,12 @@ def characterize(preset: str | Preset, output_dir: str | Path, device: str | Non
     check_backends(p.backends)
     n_cases = len(pattern_cases(p.patterns, p.densities, p.block)) + 1   # + dense
     out = prepare_output(output_dir, overwrite)
-    writer = ResultsWriter(out, environment(dev, threads=p.model_timing.threads))
+    with _tf32(p.tf32):
+        env = environment(dev, threads=p.model_timing.threads)
+    writer = ResultsWriter(out, env)
     total = n_cases * (len(layers) + len(cases)) * len(dtypes)
     interrupted = False
-    with _num_threads(threads), _progress(progress, total, p.name) as tick:
+    with _num_threads(threads), _tf32(p.tf32), _progress(progress, total, p.name) as tick:
         try:
             for d in dtypes:
                 _run_layers(p, layers, dev, d, writer, on_record, tick)
@@ -164,6 +168,18 @@ def characterize(preset: str | Preset, output_dir: str | Path, device: str | Non
     if interrupted:
         raise Interrupted(result)
     return result
+
+
+@contextmanager
+def _tf32(on: bool):
+    """The same fp32 arithmetic for cuBLAS and cuDNN (torch defaults differ: cuDNN uses
+    TF32, cuBLAS does not), so dense convs and sparse GEMMs compare fairly."""
+    prior = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prior
 
 
 def _run_layers(p: Preset, layers, dev, dtype, writer, on_record, tick) -> None:

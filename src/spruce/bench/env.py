@@ -10,7 +10,7 @@ import torch
 
 # The keys of ``environment()``, in order; results.json's schema requires them.
 ENV_KEYS = ("device", "device_name", "torch", "spruce", "python", "threads", "cuda", "cudnn",
-            "triton", "date")
+            "triton", "tf32", "date")
 
 
 def environment(device: torch.device | str = "cpu", *, threads: int | None = None) -> dict:
@@ -29,6 +29,9 @@ def environment(device: torch.device | str = "cpu", *, threads: int | None = Non
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "triton": _package_version("triton"),
+        # fp32 matrix products on TF32 tensor cores (cuBLAS, cuDNN); None off CUDA
+        "tf32": ({"cublas": torch.backends.cuda.matmul.allow_tf32,
+                  "cudnn": torch.backends.cudnn.allow_tf32} if device.type == "cuda" else None),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -17,11 +17,12 @@ _OPT_INT = {"type": ["integer", "null"]}
 ENVIRONMENT_SCHEMA = {
     "type": "object",
     "required": ["device", "device_name", "torch", "spruce", "python", "threads", "cuda",
-                 "cudnn", "triton", "date"],
+                 "cudnn", "triton", "tf32", "date"],
     "properties": {
         "device": _STR, "device_name": _STR, "torch": _STR, "spruce": _STR, "python": _STR,
         "threads": {"type": "integer", "minimum": 1},
         "cuda": _OPT_STR, "cudnn": _OPT_INT, "triton": _OPT_STR, "date": _STR,
+        "tf32": {"type": ["object", "null"]},
     },
 }
 

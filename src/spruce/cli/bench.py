@@ -101,7 +101,8 @@ def bench_model(
 def characterize(
     preset: str = typer.Option("quick", "--preset", "-p",
                                help=f"{' | '.join(PRESETS)} (quick: minutes on a CPU)"),
-    output: Path = typer.Option(..., "--output", "-o", help="folder for results, plots, report"),
+    output: Path = typer.Option(Path("spruce-report"), "--output", "-o",
+                                help="folder for results, plots, report"),
     overwrite: bool = typer.Option(False, help="write into a non-empty folder (other files "
                                                "in it are left alone)"),
     device: str = typer.Option(None, help="override the preset's device (cpu | cuda)"),

@@ -77,7 +77,33 @@ def _rebuild_after_load(module: nn.Module, _incompatible_keys: Any) -> None:
     module._rebuild()  # a module-level function, so the module still pickles
 
 
-class SparseGemm(nn.Module):
+class DerivedOperand(nn.Module):
+    """A module whose matmul operand ``self.w`` (a sparse or semi-structured tensor: neither
+    saveable nor deep-copyable) is derived from its plain buffers by ``_rebuild()`` — at
+    construction (subclasses call it), after ``.to()``/``.half()``, copy/pickle and
+    ``load_state_dict``. Never in ``forward``."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_load_state_dict_post_hook(_rebuild_after_load)
+
+    def _rebuild(self) -> None:
+        raise NotImplementedError
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._rebuild()
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "w"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._rebuild()
+
+
+class SparseGemm(DerivedOperand):
     """``y = W_sparse @ x`` over the 2-D view ``[R, K]``, for a Linear or (im2col) Conv2d.
 
     Subclasses register their dense buffers, then call ``_rebuild()``; ``_build()`` makes the
@@ -91,7 +117,6 @@ class SparseGemm(nn.Module):
         self.shape = (int(shape[0]), int(shape[1]))  # (R, K) of the view
         self.geom = geom  # None: a Linear
         self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
-        self.register_load_state_dict_post_hook(_rebuild_after_load)
 
     def _build(self) -> torch.Tensor:
         raise NotImplementedError
@@ -99,18 +124,6 @@ class SparseGemm(nn.Module):
     def _rebuild(self) -> None:
         self.w = self._build()
         self.per_sample = self.w.device.type == "cpu"  # conv: a GEMM per sample (see docstring)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self._rebuild()
-        return self
-
-    def __getstate__(self) -> dict[str, Any]:  # copy/pickle: sparse tensors have no storage
-        return {k: v for k, v in self.__dict__.items() if k != "w"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._rebuild()
 
     def config(self) -> dict[str, Any]:
         return {"backend": self.backend, "kind": "linear" if self.geom is None else "conv2d",

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..view import to_view, view_shape
 from .base import Backend, dtype_name, register
-from .csr import check_build, dtype_of, geom_of, mask_shape_reason
+from .csr import DerivedOperand, check_build, dtype_of, geom_of, mask_shape_reason
 from .im2col import ConvGeom, conv_reason
 
 
@@ -73,7 +73,7 @@ def shape_reason(shape: tuple[int, int], dtype: torch.dtype) -> str | None:
     return None
 
 
-class Semi24Gemm(nn.Module):
+class Semi24Gemm(DerivedOperand):
     """``y = x @ W24ᵀ + b`` (Linear) or im2col + the same GEMM (Conv2d) on CUDA."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, geom: ConvGeom | None):
@@ -81,25 +81,12 @@ class Semi24Gemm(nn.Module):
         self.geom = geom  # None: a Linear
         self.register_buffer("weight", weight.detach().clone().contiguous())  # (R, K), masked
         self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
-        self.register_load_state_dict_post_hook(_rebuild_after_load)
         self._rebuild()
 
     def _rebuild(self) -> None:
         w = self.weight
         on_gpu = w.is_cuda and w.dtype in Semi24.dtypes
         self.w = torch.sparse.to_sparse_semi_structured(w) if on_gpu else None  # else: later
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self._rebuild()
-        return self
-
-    def __getstate__(self) -> dict[str, Any]:  # copy/pickle: sparse tensors have no storage
-        return {k: v for k, v in self.__dict__.items() if k != "w"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._rebuild()
 
     def config(self) -> dict[str, Any]:
         return {"backend": "semi24", "kind": "linear" if self.geom is None else "conv2d",
@@ -121,10 +108,6 @@ class Semi24Gemm(nn.Module):
         b, _, n_l = cols.shape
         y = self._linear(cols.transpose(1, 2).reshape(b * n_l, k))  # (B·L, R)
         return self.geom.fold(y.view(b, n_l, r).transpose(1, 2), x.shape)  # (B, R, Ho, Wo)
-
-
-def _rebuild_after_load(module: nn.Module, _incompatible_keys: Any) -> None:
-    module._rebuild()
 
 
 @register("semi24")

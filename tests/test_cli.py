@@ -97,3 +97,17 @@ def test_convert_bad_input(args, message, tmp_path):
 def test_backends_lists_cpu_backends():
     res = runner.invoke(app, ["backends"])
     assert res.exit_code == 0 and "groupwise" in res.output and "dense" in res.output
+
+
+def test_convert_auto_writes_a_plan_and_plan_show_reads_it(tmp_path):
+    pruned, plan = tmp_path / "p.safetensors", tmp_path / "plan.json"
+    assert runner.invoke(app, ["prune", "resnet18", "--dataset", "cifar10", "-p", "group",
+                               "-d", "0.5", "-x", "layer*", "-o", str(pruned)]).exit_code == 0
+    res = runner.invoke(app, ["convert", str(pruned), "-b", "auto", "--plan", str(plan)])
+    assert res.exit_code == 0, res.output
+    shown = runner.invoke(app, ["plan", "show", str(plan)])
+    assert shown.exit_code == 0, shown.output
+    assert "conv1" in shown.output and "fc" in shown.output and "whole model" in shown.output
+    (tmp_path / "junk.json").write_text("[]")
+    bad = runner.invoke(app, ["plan", "show", str(tmp_path / "junk.json")])
+    assert bad.exit_code == 2 and "corrupt" in bad.output

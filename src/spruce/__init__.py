@@ -8,8 +8,7 @@
 __version__ = "0.1.0"
 
 from . import zoo
-from .api import load, save
-from .backends import convert
+from .api import convert, load, save
 from .masks import bake, get_mask, masked_layers
 from .prune import PruneReport, density_of, prune
 

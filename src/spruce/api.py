@@ -8,8 +8,26 @@ from typing import Any
 
 from torch import nn
 
+import torch
+
 from . import io
 from .backends import io as converted_io
+from .backends.convert import convert as convert_with
+
+
+def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None = None,
+            example_input: Any = None, verify: bool = True, **options: Any) -> nn.Module:
+    """A new inference model: every masked layer runs on ``backend``'s module, verified
+    against the dense masked layer. ``backend="auto"`` measures every candidate per layer
+    on ``example_input``'s shapes and keeps the fastest (``plan=PATH`` caches the choices;
+    see :mod:`spruce.auto`). The report is at ``result.spruce_report``."""
+    if backend == "auto":
+        from .auto import convert_auto
+
+        return convert_auto(model, dtype=dtype, example_input=example_input, verify=verify,
+                            **options)
+    return convert_with(model, backend, dtype=dtype, example_input=example_input,
+                        verify=verify, **options)
 
 
 def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:

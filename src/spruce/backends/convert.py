@@ -69,6 +69,15 @@ def _pattern_names(layer: nn.Module) -> list[str]:
     return [p["name"] for p in mask_info(layer).get("patterns", [])]
 
 
+def cast_input(example: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """Floating tensors of an example input (a tensor or a dict) in ``dtype`` on ``device``."""
+    def one(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+    return {k: one(v) for k, v in example.items()} if isinstance(example, dict) else one(example)
+
+
 def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
                          ) -> dict[str, torch.Size]:
     """Input shape seen by each named layer in one forward pass of ``example_input``."""
@@ -124,6 +133,77 @@ def _targets(model: nn.Module, groups_from: str) -> dict[str, nn.Module]:
     return masked_layers(model)
 
 
+@dataclass
+class Target:
+    """One layer to convert: its plain twin (unmasked weight), mask and input shape."""
+
+    name: str
+    layer: nn.Module
+    mask: torch.Tensor | None  # 2-D view, CPU; None: found from zeros / all kept
+    patterns: list[str]
+    input_shape: torch.Size | None  # from example_input, when given
+
+
+def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
+            groups_from: str = "mask") -> tuple[nn.Module, torch.device, torch.dtype,
+                                                list[Target]]:
+    """A deep copy in ``dtype`` and the layers to convert (the model is not touched)."""
+    if not _targets(model, groups_from):
+        warnings.warn("nothing to convert: the model carries no spruce masks; returning a "
+                      "dense copy", stacklevel=3)
+    new = copy.deepcopy(model)
+    if dtype is not None:
+        new = new.to(dtype)
+    first = next(new.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and dtype is None else dtype or torch.float32
+    layers = _targets(new, groups_from)
+    shapes = capture_input_shapes(new, cast_input(example_input, dtype, device), list(layers)) \
+        if example_input is not None and layers else {}
+    targets = []
+    for name, layer in layers.items():
+        mask = get_mask(layer)
+        targets.append(Target(name, unparametrized(layer),
+                              None if mask is None else mask.detach().cpu(),
+                              _pattern_names(layer), shapes.get(name)))
+    return new, device, dtype, targets
+
+
+def check_serves(b: type[Backend], t: Target, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise if ``b`` was asked for a pattern or dtype it does not serve (bad input)."""
+    if t.patterns and not set(t.patterns) & set(b.patterns) and b is not Dense:
+        able = [n for n in names() if set(t.patterns) & set(get_backend(n).patterns)]
+        raise ValueError(f"layer '{t.name}': backend '{b.name}' does not serve the "
+                         f"{'+'.join(t.patterns)} pattern; backends that do: {', '.join(able)}")
+    if dtype not in b.dtypes_on(device.type):
+        raise ValueError(f"layer '{t.name}': backend '{b.name}' does not support "
+                         f"{dtype_name(dtype)} on {device.type}; it supports "
+                         f"{', '.join(dtype_name(d) for d in b.dtypes_on(device.type))}")
+
+
+def build_module(b: type[Backend], t: Target, options: dict[str, Any]) -> nn.Module:
+    return b.from_masked(t.layer, t.mask, **_accepted(b.from_masked, options))
+
+
+def finish(new: nn.Module, targets: list[Target], modules: dict[str, nn.Module],
+           rows: dict[str, LayerConversion], report: ConversionReport, dtype: torch.dtype,
+           device: torch.device, verify: bool) -> nn.Module:
+    """Verify each built module against its dense masked layer, swap it in, attach the
+    report."""
+    for t in targets:
+        row = rows[t.name]
+        if verify:
+            row.rel_error = verify_layer(t.name, row.backend, modules[t.name],
+                                         Dense.from_masked(t.layer, t.mask), t.input_shape,
+                                         dtype, device)
+        set_submodule(new, t.name, modules[t.name])
+        report.rows.append(row)
+    new.eval()
+    new.requires_grad_(False)
+    new.spruce_report = report
+    return new
+
+
 def convert(model: nn.Module, backend: str | type[Backend] = "dense",
             dtype: torch.dtype | None = None, example_input: Any = None, verify: bool = True,
             **options: Any) -> nn.Module:
@@ -131,55 +211,22 @@ def convert(model: nn.Module, backend: str | type[Backend] = "dense",
 
     ``options`` go to the backend (e.g. ``layout=`` for groupwise; ``groups_from="zeros"``
     also converts baked layers found by their all-zero columns). The per-layer report is
-    at ``result.spruce_report``.
+    at ``result.spruce_report``. (``backend="auto"`` lives in :func:`spruce.convert`.)
     """
     b = get_backend(backend)
     why = b.unavailable()
     if why:
         raise ValueError(f"backend '{b.name}' is not available here: {why}")
-    groups_from = options.get("groups_from", "mask")
-    if not _targets(model, groups_from):
-        warnings.warn("nothing to convert: the model carries no spruce masks; returning a "
-                      "dense copy", stacklevel=2)
-    new = copy.deepcopy(model)
-    if dtype is not None:
-        new = new.to(dtype)
-    first = next(new.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and dtype is None else dtype or torch.float32
-    targets = _targets(new, groups_from)
-    shapes = capture_input_shapes(new, example_input, list(targets)) \
-        if example_input is not None and targets else {}
+    new, device, dtype, targets = prepare(model, dtype, example_input,
+                                          options.get("groups_from", "mask"))
+    rows: dict[str, LayerConversion] = {}
+    for t in targets:  # decide everything before changing anything
+        check_serves(b, t, dtype, device)
+        reason = b.reason(t.layer, t.mask, dtype, device, **_accepted(b.reason, options))
+        rows[t.name] = LayerConversion(t.name, type(t.layer).__name__,
+                                       "+".join(t.patterns) or "-",
+                                       Dense.name if reason else b.name, reason)
+    modules = {t.name: build_module(get_backend(rows[t.name].backend), t, options)
+               for t in targets}
     report = ConversionReport(b.name, dtype_name(dtype), str(device))
-    plans = []
-    for name, layer in targets.items():  # decide everything before changing anything
-        patterns = _pattern_names(layer)
-        mask = get_mask(layer)
-        mask = None if mask is None else mask.detach().cpu()
-        layer = unparametrized(layer)
-        if patterns and not set(patterns) & set(b.patterns) and b is not Dense:
-            able = [n for n in names() if set(patterns) & set(get_backend(n).patterns)]
-            raise ValueError(f"layer '{name}': backend '{b.name}' does not serve the "
-                             f"{'+'.join(patterns)} pattern; backends that do: {', '.join(able)}")
-        if dtype not in b.dtypes_on(device.type):
-            raise ValueError(f"layer '{name}': backend '{b.name}' does not support "
-                             f"{dtype_name(dtype)} on {device.type}; it supports "
-                             f"{', '.join(dtype_name(d) for d in b.dtypes_on(device.type))}")
-        reason = b.reason(layer, mask, dtype, device, **_accepted(b.reason, options))
-        plans.append((name, layer, mask, patterns, reason))
-    for name, layer, mask, patterns, reason in plans:
-        chosen = Dense if reason else b
-        module = chosen.from_masked(layer, mask, **_accepted(chosen.from_masked, options))
-        row = LayerConversion(name, type(layer).__name__, "+".join(patterns) or "-",
-                              chosen.name, reason)
-        if verify:
-            reference = Dense.from_masked(layer, mask)
-            row.rel_error = verify_layer(name, chosen.name, module, reference, shapes.get(name),
-                                         dtype, device)
-        set_submodule(new, name, module)
-        report.rows.append(row)
-    new.eval()
-    new.requires_grad_(False)
-    new.spruce_report = report
-    return new
-
+    return finish(new, targets, modules, rows, report, dtype, device, verify)

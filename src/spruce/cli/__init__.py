@@ -6,6 +6,7 @@ import typer
 
 from .bench import bench_layer, bench_model, characterize
 from .converting import backends_cmd, convert_cmd
+from .planning import plan_show
 from .pruning import demo, info, prune_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -21,6 +22,10 @@ bench_app = typer.Typer(no_args_is_help=True, help="Time layers and models, dens
 bench_app.command("layer")(bench_layer)
 bench_app.command("model")(bench_model)
 app.add_typer(bench_app, name="bench")
+
+plan_app = typer.Typer(no_args_is_help=True, help="Plans of backend='auto' (per-layer choices).")
+plan_app.command("show")(plan_show)
+app.add_typer(plan_app, name="plan")
 
 
 def main() -> None:

@@ -8,8 +8,9 @@ import torch
 import typer
 from rich.table import Table
 
-from ..api import load, save
-from ..backends import ConversionReport, available, convert
+from .. import zoo
+from ..api import convert, load, save
+from ..backends import ConversionReport, available
 from ..backends.io import DTYPES
 from ..io import read_header
 from .common import console, fail, load_model
@@ -34,6 +35,8 @@ def convert_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     dataset: str = typer.Option(None, help="zoo variant (default: the one in the file)"),
     output: Path = typer.Option(None, "--output", "-o", help="write the converted model"),
+    plan: Path = typer.Option(None, help="backend auto: plan JSON to reuse and (re)write"),
+    batch: int = typer.Option(1, help="backend auto: batch of the zoo example input timed"),
 ) -> None:
     """Turn a pruned model into an inference model and print the per-layer report."""
     try:
@@ -45,8 +48,15 @@ def convert_cmd(
             fail(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             fail("--device cuda asked for, but this machine has no CUDA; use --device cpu")
-        net = load(pruned, load_model(name, dataset or header.get("dataset"))).to(device)
-        fast = convert(net, backend, dtype=DTYPES.get(dtype) if dtype else None)
+        ds = dataset or header.get("dataset")
+        net = load(pruned, load_model(name, ds)).to(device)
+        options = {}
+        if backend == "auto":
+            example = zoo.example_input(name, ds, batch=batch)
+            example = {k: v.to(device) for k, v in example.items()} \
+                if isinstance(example, dict) else example.to(device)
+            options = {"example_input": example, "plan": plan}
+        fast = convert(net, backend, dtype=DTYPES.get(dtype) if dtype else None, **options)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     rep = fast.spruce_report

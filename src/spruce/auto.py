@@ -1,0 +1,265 @@
+"""``convert(model, backend="auto", example_input=x)``: per-layer measured choice.
+
+For every masked layer, every backend that can serve its mask (dense always) is built and
+timed on this device and dtype, on the input shape the layer really sees (captured with
+hooks in one forward pass of ``example_input``); the fastest is kept, but a sparse path
+must beat dense by ``margin`` so noise never picks a slower one. Then the whole model is
+timed against its dense twin; if it is slower, the layers with the smallest measured gain
+go back to dense (all of them, if need be) and are reported. A pruned model is never
+slower than dense on what was measured.
+
+Choices are cached in a plan file (JSON) keyed by device name, torch version, dtype,
+layer and input shapes and a fingerprint of the mask, so converting the same model again
+on the same machine takes no timing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backends.base import Backend, dtype_name, get_backend, names
+from .backends.convert import (
+    ConversionReport,
+    LayerConversion,
+    Target,
+    _accepted,
+    build_module,
+    finish,
+    prepare,
+)
+from .backends.dense import Dense
+from .bench.env import device_name
+from .bench.timing import make_inputs, time_fn
+from .io import atomic_write_text
+
+PLAN_FORMAT = "spruce-plan/1"
+
+
+@dataclass(frozen=True)
+class AutoTiming:
+    """How hard to time each candidate (see ``spruce.bench.time_fn``)."""
+
+    warmup: int = 2            # untimed calls first
+    min_runs: int = 10         # samples behind each median
+    min_time_s: float = 0.05   # timed seconds per candidate, at least
+    max_time_s: float = 0.5    # cap for very slow candidates (CSR on a GPU)
+
+
+@dataclass
+class LayerChoice:
+    name: str
+    key: str                       # cache key: device, torch, dtype, shapes, mask
+    view: list[int]                # (R, K) of the 2-D view
+    input_shape: list[int] | None  # what the layer saw in example_input
+    times_ms: dict[str, float] = field(default_factory=dict)  # candidate → median ms
+    errors: dict[str, str] = field(default_factory=dict)      # candidate → why it failed
+    choice: str = "dense"
+    reverted: bool = False         # chosen, then sent back to dense by the model check
+
+
+@dataclass
+class Plan:
+    device_name: str
+    torch: str
+    dtype: str
+    layers: dict[str, LayerChoice] = field(default_factory=dict)
+    model_ms: dict[str, float] = field(default_factory=dict)  # "dense" / "auto" end to end
+
+    def save(self, path: str | os.PathLike) -> Path:
+        data = {"format": PLAN_FORMAT, **asdict(self)}
+        return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.pop("format") != PLAN_FORMAT:
+                raise ValueError(f"format is not {PLAN_FORMAT}")
+            layers = {n: LayerChoice(**c) for n, c in data.pop("layers").items()}
+            return cls(**data, layers=layers)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"plan file {path} is unreadable or corrupt ({e}); delete it "
+                             "to measure again") from None
+
+    def fits(self, env: dict[str, str]) -> bool:
+        return (self.device_name, self.torch, self.dtype) == \
+            (env["device_name"], env["torch"], env["dtype"])
+
+
+def mask_fingerprint(mask: torch.Tensor | None) -> str:
+    if mask is None:
+        return "none"
+    data = np.packbits(mask.numpy()).tobytes() + str(tuple(mask.shape)).encode()
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def layer_key(env: dict[str, str], t: Target) -> str:
+    shape = list(t.input_shape) if t.input_shape is not None else None
+    return "|".join([env["device_name"], env["torch"], env["dtype"], type(t.layer).__name__,
+                     str(list(t.layer.weight.shape)), str(shape), mask_fingerprint(t.mask)])
+
+
+def candidates(t: Target, dtype: torch.dtype, device: torch.device,
+               options: dict[str, Any]) -> list[type[Backend]]:
+    """Dense, and every available backend meant for the layer's pattern that can serve it."""
+    found: list[type[Backend]] = [Dense]
+    for name in names():
+        b = get_backend(name)
+        if b is Dense or b.unavailable() or dtype not in b.dtypes_on(device.type):
+            continue
+        if t.patterns and not set(t.patterns) & set(b.patterns):
+            continue
+        if b.reason(t.layer, t.mask, dtype, device, **_accepted(b.reason, options)) is None:
+            found.append(b)
+    return found
+
+
+def _time(fn, example: Any, dtype: torch.dtype, device: torch.device, timing: AutoTiming
+          ) -> float:
+    inputs = make_inputs(example, dtype=dtype, device=device)
+    call = (lambda x: fn(**x)) if isinstance(inputs[0], dict) else fn
+    return time_fn(call, inputs, device=device, warmup=timing.warmup, min_runs=timing.min_runs,
+                   min_time_s=timing.min_time_s, max_time_s=timing.max_time_s).median_ms
+
+
+def _measure(t: Target, choice: LayerChoice, dtype, device, options, timing: AutoTiming,
+             margin: float) -> dict[str, nn.Module]:
+    """Build and time every candidate; set ``choice``; return the built modules."""
+    built: dict[str, nn.Module] = {}
+    for b in candidates(t, dtype, device, options):
+        try:
+            built[b.name] = build_module(b, t, options)
+            choice.times_ms[b.name] = _time(built[b.name], tuple(t.input_shape), dtype,
+                                            device, timing)
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            choice.errors[b.name] = f"{type(e).__name__}: {e}"
+            built.pop(b.name, None)
+    choice.choice = pick(choice.times_ms, margin)
+    return built
+
+
+def pick(times_ms: dict[str, float], margin: float) -> str:
+    """The fastest candidate; a sparse one only if it beats dense by ``margin``."""
+    dense = times_ms["dense"]
+    best = min(times_ms, key=times_ms.get)
+    return best if times_ms[best] < dense * (1 - margin) else "dense"
+
+
+def _cached_plan(plan: str | os.PathLike | None, env: dict[str, str]) -> Plan | None:
+    if plan is None or not Path(plan).exists():
+        return None
+    cached = Plan.load(plan)
+    if not cached.fits(env):
+        warnings.warn(f"plan {plan} was measured on {cached.device_name} / torch "
+                      f"{cached.torch} / {cached.dtype}; this is {env['device_name']} / torch "
+                      f"{env['torch']} / {env['dtype']}: measuring again", stacklevel=3)
+        return None
+    return cached
+
+
+def _check_plan_shapes(cached: Plan, targets: list[Target], plan_path) -> None:
+    by_name = {t.name: t for t in targets}
+    for name, c in cached.layers.items():
+        t = by_name.get(name)
+        if t is not None and list(c.view) != [t.layer.weight.shape[0],
+                                              t.layer.weight[0].numel()]:
+            raise ValueError(f"plan {plan_path}: layer '{name}' has view {c.view} there but "
+                             f"{[t.layer.weight.shape[0], t.layer.weight[0].numel()]} in the "
+                             "model; it was made for another model — delete it or pass "
+                             "another --plan")
+
+
+def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_input: Any = None,
+                 verify: bool = True, plan: str | os.PathLike | None = None,
+                 margin: float = 0.05, timing: AutoTiming | None = None,
+                 check_model: bool = True, **options: Any) -> nn.Module:
+    """See the module docstring. ``plan``: a JSON path to reuse and (re)write."""
+    if example_input is None:
+        raise ValueError("backend='auto' needs example_input: it times each candidate backend "
+                         "on the input shape every layer really sees, on this device and dtype")
+    timing = timing or AutoTiming()
+    new, device, dtype, targets = prepare(model, dtype, example_input,
+                                          options.get("groups_from", "mask"))
+    env = {"device_name": device_name(device), "torch": torch.__version__,
+           "dtype": dtype_name(dtype)}
+    cached = _cached_plan(plan, env)
+    if cached is not None:
+        _check_plan_shapes(cached, targets, plan)
+    result = Plan(**env, model_ms=dict(cached.model_ms) if cached else {})
+    modules: dict[str, nn.Module] = {}
+    measured = False
+    for t in targets:
+        choice = LayerChoice(t.name, layer_key(env, t),
+                             [t.layer.weight.shape[0], t.layer.weight[0].numel()],
+                             list(t.input_shape) if t.input_shape is not None else None)
+        old = cached.layers.get(t.name) if cached else None
+        if old is not None and old.key == choice.key:
+            choice = old
+            modules[t.name] = build_module(get_backend(choice.choice), t, options)
+        elif t.input_shape is None:
+            choice.errors["*"] = "not reached by example_input: left dense"
+            modules[t.name] = build_module(Dense, t, options)
+        else:
+            built = _measure(t, choice, dtype, device, options, timing, margin)
+            modules[t.name] = built[choice.choice]
+            measured = True
+        result.layers[t.name] = choice
+    fast = _assemble(new, targets, modules, result, dtype, device, verify)
+    if check_model and measured:  # a plan reused whole was checked when it was made
+        fast = _check_model(model, fast, targets, modules, result, dtype, device, verify,
+                            example_input, timing, options)
+    if plan is not None:
+        result.save(plan)
+    fast.spruce_plan = result
+    return fast
+
+
+def _assemble(new, targets, modules, result: Plan, dtype, device, verify) -> nn.Module:
+    rows = {t.name: LayerConversion(t.name, type(t.layer).__name__,
+                                    "+".join(t.patterns) or "-",
+                                    result.layers[t.name].choice) for t in targets}
+    report = ConversionReport("auto", dtype_name(dtype), str(device))
+    return finish(new, targets, modules, rows, report, dtype, device, verify)
+
+
+def _check_model(model, fast, targets, modules, result: Plan, dtype, device, verify,
+                 example_input, timing, options) -> nn.Module:
+    """Time the whole model against its dense twin; while it is slower, send the half of
+    the sparse layers with the least measured gain back to dense."""
+    dense_modules = {t.name: build_module(Dense, t, options) for t in targets}
+
+    def rebuild(check: bool) -> nn.Module:
+        new, _, _, ts = prepare(model, dtype, example_input, options.get("groups_from", "mask"))
+        mods = {t.name: (dense_modules[t.name] if result.layers[t.name].choice == "dense"
+                         else modules[t.name]) for t in ts}
+        return _assemble(new, ts, mods, result, dtype, device, check)
+
+    saved = {n: c.choice for n, c in result.layers.items()}
+    for c in result.layers.values():
+        c.choice = "dense"
+    dense_model = rebuild(check=False)
+    for n, c in result.layers.items():
+        c.choice = saved[n]
+    result.model_ms["dense"] = _time(dense_model, example_input, dtype, device, timing)
+    result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing)
+    sparse = [c for c in result.layers.values() if c.choice != "dense"]
+    sparse.sort(key=lambda c: c.times_ms["dense"] - c.times_ms[c.choice])  # least gain first
+    reverted = False
+    while sparse and result.model_ms["auto"] > result.model_ms["dense"]:
+        half = sparse[:max(1, len(sparse) // 2)]
+        for c in half:
+            c.reverted, c.choice = True, "dense"
+        sparse, reverted = sparse[len(half):], True
+        fast = rebuild(check=False)
+        result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing)
+    return rebuild(check=verify) if reverted and verify else fast

@@ -246,3 +246,28 @@ def test_whole_model_on_cuda(dtype):
         out = fast(x.to(dtype)).float()
     # fp32: the dense reference's cuDNN convolutions run in TF32 (torch's default)
     assert float((out - ref).norm() / ref.norm()) < (5e-3 if dtype == torch.float32 else 2e-2)
+
+
+def test_cuda_graph_needs_cuda_and_an_example(small_net):
+    spruce.prune(small_net, "group", 0.5)
+    with pytest.raises(ValueError, match="needs example_input"):
+        spruce.convert(small_net, "groupwise", cuda_graph=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs CUDA"):
+            spruce.convert(small_net, "groupwise", example_input=torch.randn(2, 3, 8, 8),
+                           cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["dense", "groupwise"])
+def test_cuda_graph_replays_the_same_function(backend, small_net):
+    spruce.prune(small_net, "group", 0.5)
+    model = small_net.cuda()
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    fast = spruce.convert(model, backend, example_input=x, cuda_graph=True)
+    for _ in range(3):  # fresh inputs of the captured shape replay the graph
+        y = torch.randn(4, 3, 8, 8, device="cuda")
+        torch.testing.assert_close(fast(y), model(y), rtol=1e-2, atol=1e-2)
+    z = torch.randn(2, 3, 8, 8, device="cuda")  # another shape runs eagerly
+    torch.testing.assert_close(fast(z), model(z), rtol=1e-2, atol=1e-2)
+    assert fast.spruce_report.rows

@@ -16,22 +16,42 @@ from .backends.convert import convert as convert_with
 
 
 def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None = None,
-            example_input: Any = None, verify: bool = True, **options: Any) -> nn.Module:
+            example_input: Any = None, verify: bool = True, cuda_graph: bool = False,
+            **options: Any) -> nn.Module:
     """A new inference model: every masked layer runs on ``backend``'s module, verified
     against the dense masked layer. ``backend="auto"`` measures every candidate per layer
     on ``example_input``'s shapes and keeps the fastest (``plan=PATH`` caches the choices;
-    see :mod:`spruce.auto`). The report is at ``result.spruce_report``."""
+    see :mod:`spruce.auto`). ``cuda_graph=True`` captures the forward on
+    ``example_input`` as one CUDA graph (static shapes; see :mod:`spruce.graphs`). The
+    report is at ``result.spruce_report``."""
+    if cuda_graph and example_input is None:
+        raise ValueError("cuda_graph=True needs example_input: the graph is captured for "
+                         "its shapes")
+    if cuda_graph and not torch.cuda.is_available():
+        raise ValueError("cuda_graph=True needs CUDA; this machine has none")
     if backend == "auto":
         from .auto import convert_auto
 
-        return convert_auto(model, dtype=dtype, example_input=example_input, verify=verify,
+        fast = convert_auto(model, dtype=dtype, example_input=example_input, verify=verify,
                             **options)
-    return convert_with(model, backend, dtype=dtype, example_input=example_input,
-                        verify=verify, **options)
+    else:
+        fast = convert_with(model, backend, dtype=dtype, example_input=example_input,
+                            verify=verify, **options)
+    if not cuda_graph:
+        return fast
+    from .backends.convert import cast_input
+    from .graphs import CudaGraphModule
+
+    first = next(fast.parameters(), next(fast.buffers()))
+    return CudaGraphModule(fast, cast_input(example_input, dtype or first.dtype, first.device))
 
 
 def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write a pruned or converted model to ``path`` as safetensors (atomically)."""
+    from .graphs import CudaGraphModule
+
+    if isinstance(model, CudaGraphModule):  # the graph is not saved; the model is
+        model = model.module
     if converted_io.is_converted(model):
         return converted_io.save_converted(model, path, extra)
     return io.save(model, path, extra)

@@ -9,8 +9,9 @@ __version__ = "0.1.0"
 
 from . import zoo
 from .api import convert, load, save
+from .compact import compact
 from .masks import bake, get_mask, masked_layers
 from .prune import PruneReport, density_of, prune
 
-__all__ = ["PruneReport", "__version__", "bake", "convert", "density_of", "get_mask", "load",
-           "masked_layers", "prune", "save", "zoo"]
+__all__ = ["PruneReport", "__version__", "bake", "compact", "convert", "density_of",
+           "get_mask", "load", "masked_layers", "prune", "save", "zoo"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 
 from . import io
 from .backends import io as converted_io
+from .compact import io as compacted_io
 from .backends.convert import convert as convert_with
 
 
@@ -42,7 +44,7 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     from .backends.convert import cast_input
     from .graphs import CudaGraphModule
 
-    first = next(fast.parameters(), next(fast.buffers()))
+    first = next(t for t in [*fast.parameters(), *fast.buffers()] if t.is_floating_point())
     return CudaGraphModule(fast, cast_input(example_input, dtype or first.dtype, first.device))
 
 
@@ -53,7 +55,11 @@ def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None
     if isinstance(model, CudaGraphModule):  # the graph is not saved; the model is
         model = model.module
     if converted_io.is_converted(model):
+        if compacted_io.is_compacted(model):  # converted after compaction: keep the shapes
+            extra = {**(extra or {}), "compaction": compacted_io.layer_shapes(model)}
         return converted_io.save_converted(model, path, extra)
+    if compacted_io.is_compacted(model):
+        return compacted_io.save_compacted(model, path, extra)
     return io.save(model, path, extra)
 
 
@@ -66,5 +72,9 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     path = Path(path)
     header = io.read_header(path)
     if header.get("format") == "converted":
+        if "compaction" in header:  # the architecture first takes the compacted shapes
+            model = compacted_io.resize_layers(copy.deepcopy(model), header["compaction"])
         return converted_io.load_converted(path, model, header)
+    if header.get("format") == "compacted":
+        return compacted_io.load_compacted(path, model, header)
     return io.load(path, model)

@@ -151,7 +151,7 @@ def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
     if not _targets(model, groups_from):
         warnings.warn("nothing to convert: the model carries no spruce masks; returning a "
                       "dense copy", stacklevel=3)
-    new = copy.deepcopy(model)
+    new = copy.deepcopy(model).eval()  # eval: capturing shapes must not move BN statistics
     if dtype is not None:
         new = new.to(dtype)
     first = next(new.parameters(), None)

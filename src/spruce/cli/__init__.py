@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .bench import bench_layer, bench_model, characterize
+from .compacting import compact_cmd
 from .converting import backends_cmd, convert_cmd
 from .planning import plan_show
 from .pruning import demo, info, prune_cmd
@@ -16,6 +17,7 @@ app.command("prune")(prune_cmd)
 app.command("demo")(demo)
 app.command("convert")(convert_cmd)
 app.command("backends")(backends_cmd)
+app.command("compact")(compact_cmd)
 app.command("characterize")(characterize)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Time layers and models, dense and pruned.")

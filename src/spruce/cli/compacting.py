@@ -1,0 +1,79 @@
+"""``spruce compact``: drop producer channels that a group-pruned layer never reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..api import load
+from ..compact import CompactionReport, compact, save_compacted
+from ..io import read_header
+from .common import console, fail, fmt_count, load_model
+
+
+def report_table(report: CompactionReport, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("consumer", "type", "producer", "dropped", "prunable ch. (cols)", "through",
+                "left alone because"):
+        table.add_column(col, justify="right" if col in ("dropped", "prunable ch. (cols)")
+                         else "left")
+    for r in report.rows:
+        table.add_row(r.consumer, r.kind, r.producer or "", f"{r.dropped}/{r.channels}",
+                      f"{r.prunable_channels} ({r.prunable_channels * r.taps}/"
+                      f"{r.pruned_columns})", " → ".join(r.through), r.reason or "")
+    return table
+
+
+def _example_input(name: str, dataset: str | None):
+    from .. import zoo
+
+    if name not in zoo.names():
+        return None  # compact guesses one from the model
+    text = zoo.REGISTRY[name].modality == "text"
+    return zoo.example_input(name, dataset, batch=2, **({"seq_len": 16} if text else {}))
+
+
+def print_summary(report: CompactionReport) -> None:
+    if report.error:
+        console.print(f"[yellow]left unchanged:[/] {report.error}")
+        return
+    saved = report.params_before - report.params_after
+    console.print(f"{len(report.compacted)} of {len(report.rows)} masked layers compacted; "
+                  f"parameters {fmt_count(report.params_before)} → "
+                  f"{fmt_count(report.params_after)} (−{saved / max(1, report.params_before):.1%})"
+                  + (f"; BatchNorms folded: {len(report.folded)}" if report.folded else ""))
+    if report.max_rel_error is not None:
+        console.print(f"outputs verified: max relative error {report.max_rel_error:.1e}")
+
+
+def compact_cmd(
+    pruned: Path = typer.Argument(..., help="a .safetensors file written by `spruce prune`"),
+    model: str = typer.Option(None, "--model", "-m",
+                              help="zoo name or FILE.py:FN (default: the name in the file)"),
+    dataset: str = typer.Option(None, help="zoo variant (default: the one in the file)"),
+    fold_bn: bool = typer.Option(False, "--fold-bn", help="fold each compacted producer's "
+                                 "BatchNorm into it (inference only)"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="check outputs are unchanged"),
+    exclude: list[str] = typer.Option([], "--exclude", "-x", help="consumer-name glob to skip"),
+    output: Path = typer.Option(None, "--output", "-o", help="write the compacted model"),
+) -> None:
+    """Shrink each group-pruned layer and its producer by the input channels it never reads."""
+    try:
+        header = read_header(pruned)
+        name = model or header.get("model")
+        if not name:
+            fail(f"{pruned} does not name its model; pass --model")
+        dataset = dataset or header.get("dataset")
+        net = load(pruned, load_model(name, dataset))
+        small = compact(net, _example_input(name, dataset), verify=verify, fold_bn=fold_bn,
+                        exclude=exclude)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    report = small.spruce_compaction
+    console.print(report_table(report, f"{name}: producer-side compaction"))
+    print_summary(report)
+    if output:
+        path = save_compacted(small, output, extra={"model": name, "dataset": dataset})
+        console.print(f"wrote {path}")

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= dev,hf
+EXTRAS ?= dev,hf,gpu
 
 .PHONY: demo test lint clean
 

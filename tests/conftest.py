@@ -1,6 +1,11 @@
+import os
+
 import pytest
 import torch
 from torch import nn
+
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors in its interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

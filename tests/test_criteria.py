@@ -6,8 +6,9 @@ from spruce.criteria import Taylor, get_criterion, lamp_scores, names
 
 
 def test_registry():
-    assert names() == ["lamp", "magnitude", "random", "taylor"]
-    with pytest.raises(ValueError, match="valid: lamp, magnitude, random, taylor"):
+    assert names() == ["block-gate", "dst", "lamp", "magnitude", "random", "sr-ste", "taylor"]
+    with pytest.raises(ValueError, match="valid: block-gate, dst, lamp, magnitude, random, "
+                                         "sr-ste, taylor"):
         get_criterion("snip")
 
 

@@ -136,7 +136,7 @@ def test_taylor_through_prune(small_net, small_input):
     ({"pattern": "element", "density": float("nan")}, r"\(0, 1\]"),
     ({"pattern": "element"}, "needs a density"),
     ({"pattern": "hexagon", "density": 0.5}, "valid: block"),
-    ({"pattern": "element", "density": 0.5, "criterion": "snip"}, "valid: lamp"),
+    ({"pattern": "element", "density": 0.5, "criterion": "snip"}, "unknown criterion 'snip'"),
     ({"pattern": "6:4"}, "N <= M"),
     ({"pattern": "2:4", "density": 0.25}, "keeps exactly 0.5"),
     ({"pattern": "block", "density": 0.5, "block": (64, 4)}, "layer 'conv1': block 64x4"),

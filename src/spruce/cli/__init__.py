@@ -9,6 +9,7 @@ from .compacting import compact_cmd
 from .converting import backends_cmd, convert_cmd
 from .planning import plan_show
 from .pruning import demo, info, prune_cmd
+from .training import train_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Pattern-aware pruning and sparse inference that is actually fast.")
@@ -18,6 +19,7 @@ app.command("demo")(demo)
 app.command("convert")(convert_cmd)
 app.command("backends")(backends_cmd)
 app.command("compact")(compact_cmd)
+app.command("train")(train_cmd)
 app.command("characterize")(characterize)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Time layers and models, dense and pruned.")

@@ -62,7 +62,7 @@ def build(name: str, dataset: str | None = None, *, seed: int | None = None,
     builder = REGISTRY[name].builder
     if seed is None:
         return builder(ds, num_classes, **kwargs)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return builder(ds, num_classes, **kwargs)
 

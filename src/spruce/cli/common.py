@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -24,28 +20,11 @@ def fail(message: str) -> None:
 
 def load_model(spec: str, dataset: str | None = None, seed: int = 0) -> nn.Module:
     """A zoo name (``resnet18``) or ``path/to/file.py:factory`` returning an ``nn.Module``."""
-    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
-        return _from_file(spec)
     from .. import zoo
 
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        return zoo.from_file(spec)
     return zoo.build(spec, dataset=dataset, seed=seed)
-
-
-def _from_file(spec: str) -> nn.Module:
-    file, _, factory = spec.partition(":")
-    path = Path(file)
-    if not path.is_file():
-        raise ValueError(f"model file {file!r} does not exist")
-    mod_spec = importlib.util.spec_from_file_location(f"spruce_user_{path.stem}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[mod_spec.name] = module
-    mod_spec.loader.exec_module(module)
-    if not hasattr(module, factory):
-        raise ValueError(f"{file} has no {factory!r}; write FILE.py:FUNCTION returning a module")
-    model = getattr(module, factory)()
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec} returned {type(model).__name__}, not an nn.Module")
-    return model
 
 
 def fmt_count(n: int) -> str:

@@ -10,11 +10,11 @@ prunable by every pattern (views: 16×27, 32×144, 64×288, 64×256, classes×64
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from .. import zoo
 
 
 def _stage(c_in: int, c_out: int) -> nn.Sequential:
@@ -51,26 +51,10 @@ def build_model(name: str, num_classes: int, zoo_dataset: str, seed: int) -> nn.
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _from_file(name)
-    from .. import zoo
-
+            return zoo.from_file(name)
     if name not in zoo.names():
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(DEMO_MODELS)}, "
                          f"{', '.join(zoo.names())}, or FILE.py:FUNCTION")
     return zoo.build(name, zoo_dataset, seed=seed, num_classes=num_classes)
 
 
-def _from_file(spec: str) -> nn.Module:
-    """``path/to/file.py:factory`` → the module the factory returns."""
-    file, _, factory = spec.partition(":")
-    if not Path(file).is_file():
-        raise ValueError(f"model file {file!r} does not exist")
-    mod_spec = importlib.util.spec_from_file_location(f"spruce_train_{Path(file).stem}", file)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    if not hasattr(module, factory):
-        raise ValueError(f"{file} has no {factory!r}; write FILE.py:FUNCTION returning a module")
-    model = getattr(module, factory)()
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec} returned {type(model).__name__}, not an nn.Module")
-    return model

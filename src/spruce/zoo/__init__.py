@@ -13,6 +13,10 @@ how its small-image variant differs from the ImageNet one.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -20,7 +24,8 @@ from torch import nn
 from . import bert, resnet, shufflenet, vgg, vit  # noqa: F401
 from .registry import DATASETS, DEFAULT_DATASET, REGISTRY, Dataset, register
 
-__all__ = ["DATASETS", "Dataset", "build", "datasets", "example_input", "names", "register"]
+__all__ = ["DATASETS", "Dataset", "build", "datasets", "example_input", "from_file", "names",
+           "register"]
 
 
 def names() -> list[str]:
@@ -82,3 +87,21 @@ def example_input(name: str, dataset: str | None = None, batch: int = 1, seed: i
     seq_len = ds.seq_len if seq_len is None else seq_len
     input_ids = torch.randint(1000, 30522, (batch, seq_len), generator=g)  # skip special ids
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def from_file(spec: str) -> nn.Module:
+    """``path/to/file.py:factory`` → the ``nn.Module`` that ``factory()`` returns."""
+    file, _, factory = spec.partition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"model file {file!r} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"spruce_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[mod_spec.name] = module
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, factory):
+        raise ValueError(f"{file} has no {factory!r}; write FILE.py:FUNCTION returning a module")
+    model = getattr(module, factory)()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    return model

@@ -6,9 +6,10 @@ from spruce.criteria import Taylor, get_criterion, lamp_scores, names
 
 
 def test_registry():
-    assert names() == ["block-gate", "dst", "lamp", "magnitude", "random", "sr-ste", "taylor"]
-    with pytest.raises(ValueError, match="valid: block-gate, dst, lamp, magnitude, random, "
-                                         "sr-ste, taylor"):
+    assert names() == ["block-gate", "dst", "lamp", "learned", "magnitude", "random", "sr-ste",
+                       "taylor"]
+    with pytest.raises(ValueError, match="valid: block-gate, dst, lamp, learned, magnitude, "
+                                         "random, sr-ste, taylor"):
         get_criterion("snip")
 
 

@@ -7,6 +7,7 @@
 
 __version__ = "0.1.0"
 
+from . import learned  # noqa: F401  (registers the criterion "learned")
 from . import zoo
 from .api import convert, load, save
 from .compact import compact

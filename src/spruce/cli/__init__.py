@@ -8,6 +8,7 @@ from .bench import bench_layer, bench_model, characterize
 from .compacting import compact_cmd
 from .converting import backends_cmd, convert_cmd
 from .planning import plan_show
+from .learning import learn_mask_cmd
 from .pruning import demo, info, prune_cmd
 from .training import train_cmd
 
@@ -20,6 +21,7 @@ app.command("convert")(convert_cmd)
 app.command("backends")(backends_cmd)
 app.command("compact")(compact_cmd)
 app.command("train")(train_cmd)
+app.command("learn-mask")(learn_mask_cmd)
 app.command("characterize")(characterize)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Time layers and models, dense and pruned.")

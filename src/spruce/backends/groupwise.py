@@ -93,20 +93,26 @@ class GroupwiseConv2d(nn.Module):
                 "layout": self.layout, **self.geom.config()}
 
 
+def compaction_reason(layer: nn.Module, mask: torch.Tensor | None,
+                      groups_from: str = "mask") -> str | None:
+    """Why a layer cannot run as a compacted-K GEMM (any group-wise backend), or None."""
+    why = conv_reason(layer)
+    if why:
+        return why
+    w = masked_weight(layer, mask).reshape(layer.weight.shape[0], -1)
+    if kept_columns(w, mask, groups_from).numel() == w.shape[1]:
+        return "no all-zero column in the weight view: nothing to compact"
+    return None
+
+
 @register("groupwise")
 class Groupwise(Backend):
     patterns = ("group",)
 
     @classmethod
     def reason(cls, layer, mask, dtype, device, groups_from: str = "mask") -> str | None:
-        why = super().reason(layer, mask, dtype, device) or conv_reason(layer)
-        if why:
-            return why
-        w = masked_weight(layer, mask).reshape(layer.weight.shape[0], -1)
-        kept = kept_columns(w, mask, groups_from)
-        if kept.numel() == w.shape[1]:
-            return "no all-zero column in the weight view: nothing to compact"
-        return None
+        return (super().reason(layer, mask, dtype, device)
+                or compaction_reason(layer, mask, groups_from))
 
     @classmethod
     def from_masked(cls, layer: nn.Module, mask: torch.Tensor | None, groups_from: str = "mask",

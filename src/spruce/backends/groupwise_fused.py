@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .base import Backend, masked_weight, register
-from .groupwise import kept_columns
-from .im2col import ConvGeom, conv_reason
+from .groupwise import compaction_reason, kept_columns
+from .im2col import ConvGeom
 
 
 def resolve_precision(precision: str) -> str:
@@ -100,13 +100,8 @@ class GroupwiseFused(Backend):
 
     @classmethod
     def reason(cls, layer, mask, dtype, device, groups_from: str = "mask") -> str | None:
-        why = super().reason(layer, mask, dtype, device) or conv_reason(layer)
-        if why:
-            return why
-        w = masked_weight(layer, mask).reshape(layer.weight.shape[0], -1)
-        if kept_columns(w, mask, groups_from).numel() == w.shape[1]:
-            return "no all-zero column in the weight view: nothing to compact"
-        return None
+        return (super().reason(layer, mask, dtype, device)
+                or compaction_reason(layer, mask, groups_from))
 
     @classmethod
     def from_masked(cls, layer: nn.Module, mask: torch.Tensor | None, groups_from: str = "mask",

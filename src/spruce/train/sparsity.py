@@ -24,7 +24,7 @@ from torch import nn
 
 from ..criteria import during_training as during  # registers sr-ste, block-gate, dst
 from ..criteria import get_criterion
-from ..masks import attach, mask_module, masked_layers
+from ..masks import attach, mask_module, masked_layers, original_weight
 from ..patterns import get_pattern
 from ..prune import PruneReport, prune
 from ..view import prunable_layers, view_shape
@@ -126,6 +126,7 @@ class Sparsifier:
             ids, n_groups = self.pattern.group_ids(shape)
             param = self.criterion.parametrization(tuple(layer.weight.shape), spec, ids,
                                                    n_groups)
+            param.to(original_weight(layer).device)  # made from shapes, on the CPU
             torch.nn.utils.parametrize.register_parametrization(layer, "weight", param)
             out.append(param)
         return out

@@ -48,9 +48,10 @@ def test_slower_model_reverts_layers(pruned, monkeypatch):
     times = iter([1.0, 2.0, 1.5, 1.2, 1.1])  # dense model, auto, then after each revert round
     real = auto._time
 
-    def fake(fn, example, dtype, device, timing):
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None):
         return next(times) if not isinstance(example, tuple) else real(fn, example, dtype,
-                                                                       device, timing)
+                                                                       device, timing, probe,
+                                                                       inputs)
     monkeypatch.setattr(auto, "_time", fake)
     monkeypatch.setattr(auto, "pick", lambda times_ms, margin: "groupwise")
     fast = spruce.convert(model, "auto", example_input=x, timing=FAST)
@@ -58,6 +59,26 @@ def test_slower_model_reverts_layers(pruned, monkeypatch):
     assert all(c.choice == "dense" and c.reverted for c in plan.layers.values())
     assert all(r.backend == "dense" for r in fast.spruce_report.rows)
     torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_candidate_far_slower_than_dense_is_probed_once(pruned, monkeypatch):
+    model, x = pruned
+    calls: list[tuple[str, bool]] = []
+
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None):
+        name = type(fn).__name__.lower()
+        calls.append((name, probe))
+        return 50.0 if "csr" in name else 1.0  # csr: 50× dense on its probe
+    monkeypatch.setattr(auto, "_time", fake)
+    monkeypatch.setattr(auto, "_check_model", lambda m, fast, *a, **k: fast)
+    plan = spruce.convert(model, "auto", example_input=x, timing=FAST).spruce_plan
+    for c in plan.layers.values():
+        assert c.probed == ["csr"] and c.times_ms["csr"] == 50.0 and c.choice == "dense"
+    assert not any("csr" in n and not probe for n, probe in calls)  # never timed in full
+    assert any(probe for n, probe in calls if "csr" in n)
+    everything = AutoTiming(**{**FAST.__dict__, "abandon": None})
+    plan = spruce.convert(model, "auto", example_input=x, timing=everything).spruce_plan
+    assert all(not c.probed for c in plan.layers.values())
 
 
 def test_plan_round_trip_takes_no_timing_runs(pruned, tmp_path, monkeypatch):

@@ -1,11 +1,19 @@
 """backend="auto" against dense and against the best single backend, whole models.
 
-For each model (batch 64 unless --quick) × pattern (element, 2:4, block 32×32, group) at
-50% kept: time dense, every single backend that serves the pattern, and auto (its own
-per-layer timing + whole-model check). Rows go to $OUT/auto.json as they are measured;
-a table is printed last.
+For each model × pattern × kept ratio: time dense, every single backend made for the
+pattern, and auto (its own per-layer timing, then its whole-model check). Dense and auto
+are timed in alternation (``--rounds`` rounds, median of the round medians) so the
+auto/dense ratio is a paired measurement. Rows are appended to ``$OUT/auto-<dtype>.json``
+as they are measured; a table is printed last.
 
-    PYTHONPATH=src python3 benchmarks/auto/bench_auto.py --device cuda --dtype fp16
+Single backends per pattern: element → csr (its only one); 2:4 → semi24; block 32×32 →
+bsr; group → groupwise, groupwise_fused. CSR serves every pattern, but in the first run
+(``benchmarks/results/h200/auto/auto-first-run.json``) it was 4–30× slower than the
+pattern's own backend on every 2:4/block/group row, so it is timed on element rows only
+(auto still considers it for every layer).
+
+    PYTHONPATH=src python3 benchmarks/auto/bench_auto.py --device cuda --dtype fp16 \\
+        --models bert_base/qqp vit/imagenet
     PYTHONPATH=src python3 benchmarks/auto/bench_auto.py --device cpu --quick   # smoke test
 """
 
@@ -15,6 +23,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import time
 
 import torch
@@ -24,75 +33,123 @@ from spruce.auto import AutoTiming
 from spruce.bench import make_inputs, time_fn
 from spruce.view import prunable_layers, view_shape
 
-FULL = [("bert_base", "qqp", 64), ("resnet18", "imagenet", 64), ("vit", "imagenet", 64),
-        ("vgg16", "imagenet", 64)]
-QUICK = [("resnet18", "cifar10", 2)]
-PATTERNS = {"element": ({}, 0.5, ["csr"]), "2:4": ({}, None, ["semi24", "csr"]),
-            "block": ({"block": (32, 32)}, 0.5, ["bsr", "csr"]),
-            "group": ({}, 0.5, ["groupwise", "groupwise_fused", "csr"])}
+MODELS = ["bert_base/qqp", "vit/imagenet", "resnet18/tiny-imagenet", "vgg16/tiny-imagenet"]
+PATTERNS = {"element": ({}, [0.75, 0.5, 0.25], ["csr"]),
+            "2:4": ({}, [0.5], ["semi24"]),
+            "block": ({"block": (32, 32)}, [0.75, 0.5, 0.25], ["bsr"]),
+            "group": ({}, [0.75, 0.5, 0.25], ["groupwise", "groupwise_fused"])}
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+ERRORS = (ValueError, RuntimeError, NotImplementedError)
 
 
-def model_ms(model, x, device) -> float:
-    inputs = make_inputs(x, n=2, device=device)
+_INPUTS: list = [None, None]  # (the example, its two random batches)
+
+
+def model_ms(model, x, device, runs: int = 10) -> float:
+    """Median ms of ``model`` on two random batches shaped like ``x`` (drawn once per x)."""
+    if _INPUTS[0] is not x:
+        _INPUTS[:] = [x, make_inputs(x, n=2, device=device)]
+    inputs = _INPUTS[1]
     call = (lambda v: model(**v)) if isinstance(x, dict) else model
-    return time_fn(call, inputs, device=device, warmup=2, min_runs=10, min_time_s=0.1,
+    return time_fn(call, inputs, device=device, warmup=2, min_runs=runs, min_time_s=0.1,
                    max_time_s=2.0).median_ms
+
+
+def paired_ms(dense, fast, x, device, rounds: int) -> tuple[float, float]:
+    """Median over ``rounds`` of (dense, auto) medians taken one after the other."""
+    d, a = [], []
+    for _ in range(rounds):
+        d.append(model_ms(dense, x, device))
+        a.append(model_ms(fast, x, device))
+    return statistics.median(d), statistics.median(a)
+
+
+def run_row(base, x, dense, name, pattern, kept, args, dev, dt, timing) -> dict:
+    kw, _, singles = PATTERNS[pattern]
+    small = [n for n, m in prunable_layers(base)[0].items() if min(view_shape(m)) < 32]
+    pruned = copy.deepcopy(base)
+    spruce.prune(pruned, pattern, None if pattern == "2:4" else kept,
+                 exclude=small if kw else (), **kw)
+    row = {"model": name, "batch": args.batch, "dtype": args.dtype, "pattern": pattern,
+           "kept": kept, "single_ms": {}, "errors": {}}
+    t0 = time.perf_counter()
+    for b in singles:
+        try:
+            fast = spruce.convert(pruned, b, dtype=dt, example_input=x)
+            row["single_ms"][b] = model_ms(fast, x, dev)
+        except ERRORS as e:
+            row["errors"][b] = f"{type(e).__name__}: {str(e)[:160]}"
+        finally:
+            fast = None
+            torch.cuda.empty_cache() if dev.type == "cuda" else None
+    row["singles_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast = spruce.convert(pruned, "auto", dtype=dt, example_input=x, timing=timing)
+    row["auto_convert_s"] = time.perf_counter() - t0
+    row["dense_ms"], row["auto_ms"] = paired_ms(dense, fast, x, dev, args.rounds)
+    plan = fast.spruce_plan
+    row["auto_choices"] = {}
+    for c in plan.layers.values():
+        row["auto_choices"][c.choice] = row["auto_choices"].get(c.choice, 0) + 1
+    row["auto_reverted"] = sum(c.reverted for c in plan.layers.values())
+    row["auto_probed"] = sum(len(c.probed) for c in plan.layers.values())
+    row["plan_model_ms"] = plan.model_ms
+    best = min(row["single_ms"].items(), key=lambda kv: kv[1], default=(None, None))
+    row["best_single"], row["best_single_ms"] = best
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | pattern | kept | dense ms | best single | auto ms | auto/dense | "
+             "auto/best | auto's choices |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        best = f"{r['best_single']} {r['best_single_ms']:.3f}" if r["best_single"] else "-"
+        vs_best = f"{r['auto_ms'] / r['best_single_ms']:.3f}×" if r["best_single_ms"] else "-"
+        choices = ", ".join(f"{k} ×{v}" for k, v in sorted(r["auto_choices"].items()))
+        lines.append(f"| {r['model']} | {r['pattern']} | {r['kept']} | {r['dense_ms']:.3f} | "
+                     f"{best} | {r['auto_ms']:.3f} | {r['auto_ms'] / r['dense_ms']:.3f}× | "
+                     f"{vs_best} | {choices} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="fp16", choices=list(DTYPES))
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", nargs="+", default=MODELS, help="NAME/DATASET ...")
+    ap.add_argument("--patterns", nargs="+", default=list(PATTERNS))
+    ap.add_argument("--kept", nargs="+", type=float, default=None, help="subset of kept ratios")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="CPU smoke test: one small model")
     args = ap.parse_args()
+    if args.quick:
+        args.models, args.batch, args.rounds = ["resnet18/cifar10"], 2, 1
     dev, dt = torch.device(args.device), DTYPES[args.dtype]
-    out = os.path.join(os.environ.get("OUT", "."), "auto.json")
-    rows: list[dict] = []
-    timing = AutoTiming(warmup=1, min_runs=5, min_time_s=0.01, max_time_s=0.05)
-    for name, ds, batch in QUICK if args.quick else FULL:
+    os.makedirs(os.environ.get("OUT", "."), exist_ok=True)
+    out = os.path.join(os.environ.get("OUT", "."), f"auto-{args.dtype}.json")
+    rows: list[dict] = json.load(open(out))["rows"] if os.path.exists(out) else []
+    timing = AutoTiming(warmup=1, min_runs=5, min_time_s=0.01, max_time_s=0.05, abandon=3.0)
+    for spec in args.models:
+        name, ds = spec.split("/")
         base = spruce.zoo.build(name, ds, seed=0).eval().to(dev)
-        x = spruce.zoo.example_input(name, ds, batch=batch)
+        x = spruce.zoo.example_input(name, ds, batch=args.batch)
         x = {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev, dt)
-        dense_ms = model_ms(spruce.convert(base, "dense", dtype=dt, verify=False), x, dev)
-        for pattern, (kw, density, singles) in PATTERNS.items():
-            small = [n for n, m in prunable_layers(base)[0].items()
-                     if min(view_shape(m)) < 32]  # block 32×32 does not fit these
-            pruned = copy.deepcopy(base)
-            spruce.prune(pruned, pattern, density, exclude=small if kw else (), **kw)
-            row = {"model": f"{name}/{ds}", "batch": batch, "dtype": args.dtype,
-                   "pattern": pattern, "kept": density or 0.5, "dense_ms": dense_ms,
-                   "single_ms": {}, "errors": {}}
-            for b in singles:
-                try:
-                    fast = spruce.convert(pruned, b, dtype=dt, example_input=x)
-                    row["single_ms"][b] = model_ms(fast, x, dev)
-                except (ValueError, RuntimeError, NotImplementedError) as e:
-                    row["errors"][b] = f"{type(e).__name__}: {str(e)[:160]}"
-            t0 = time.perf_counter()
-            fast = spruce.convert(pruned, "auto", dtype=dt, example_input=x, timing=timing)
-            row["auto_convert_s"] = time.perf_counter() - t0
-            row["auto_ms"] = model_ms(fast, x, dev)
-            row["auto_choices"] = {}
-            for c in fast.spruce_plan.layers.values():
-                row["auto_choices"][c.choice] = row["auto_choices"].get(c.choice, 0) + 1
-            row["auto_reverted"] = sum(c.reverted for c in fast.spruce_plan.layers.values())
-            best = min(row["single_ms"].items(), key=lambda kv: kv[1], default=(None, None))
-            row["best_single"], row["best_single_ms"] = best
-            rows.append(row)
-            with open(out, "w") as f:
-                json.dump({"device": spruce.bench.device_name(dev), "torch": torch.__version__,
-                           "rows": rows}, f, indent=1)
-            print(json.dumps({k: row[k] for k in ("model", "pattern", "dense_ms", "auto_ms",
-                                                  "best_single", "best_single_ms")}),
-                  flush=True)
-    print("| model | pattern | dense ms | best single | auto ms | auto/dense | auto/best |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        best = f"{r['best_single']} {r['best_single_ms']:.3f}" if r["best_single"] else "-"
-        vs_best = r["auto_ms"] / r["best_single_ms"] if r["best_single_ms"] else float("nan")
-        print(f"| {r['model']} | {r['pattern']} | {r['dense_ms']:.3f} | {best} | "
-              f"{r['auto_ms']:.3f} | {r['auto_ms'] / r['dense_ms']:.2f}× | {vs_best:.2f}× |")
+        dense = spruce.convert(base, "dense", dtype=dt, verify=False)
+        for pattern in args.patterns:
+            for kept in PATTERNS[pattern][1]:
+                if args.kept and kept not in args.kept:
+                    continue
+                row = run_row(base, x, dense, spec, pattern, kept, args, dev, dt, timing)
+                rows.append(row)
+                with open(out, "w") as f:
+                    json.dump({"device": spruce.bench.device_name(dev),
+                               "torch": torch.__version__, "rows": rows}, f, indent=1)
+                print(json.dumps({k: row[k] for k in ("model", "pattern", "kept", "dense_ms",
+                                                      "auto_ms", "best_single",
+                                                      "best_single_ms", "auto_convert_s")}),
+                      flush=True)
+    print(table(rows))
 
 
 if __name__ == "__main__":

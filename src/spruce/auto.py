@@ -53,6 +53,8 @@ class AutoTiming:
     min_runs: int = 10         # samples behind each median
     min_time_s: float = 0.05   # timed seconds per candidate, at least
     max_time_s: float = 0.5    # cap for very slow candidates (CSR on a GPU)
+    abandon: float | None = 3.0  # a candidate whose probe call is this many times slower
+    #                              than dense is not timed further (None: time everything)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class LayerChoice:
     errors: dict[str, str] = field(default_factory=dict)      # candidate → why it failed
     choice: str = "dense"
     reverted: bool = False         # chosen, then sent back to dense by the model check
+    probed: list[str] = field(default_factory=list)  # timed by one probe call only (slow)
 
 
 @dataclass
@@ -124,23 +127,54 @@ def candidates(t: Target, dtype: torch.dtype, device: torch.device,
     return found
 
 
-def _time(fn, example: Any, dtype: torch.dtype, device: torch.device, timing: AutoTiming
-          ) -> float:
-    inputs = make_inputs(example, dtype=dtype, device=device)
+def _time(fn, example: Any, dtype: torch.dtype, device: torch.device, timing: AutoTiming,
+          probe: bool = False, inputs: list | None = None) -> float:
+    """Median ms of ``fn`` on random inputs shaped like ``example`` (``inputs``: already
+    made, shared by the candidates of a shape); ``probe``: one warm-up and one timed call,
+    enough to tell a path many times slower than dense."""
+    inputs = inputs if inputs is not None else make_inputs(example, dtype=dtype, device=device)
     call = (lambda x: fn(**x)) if isinstance(inputs[0], dict) else fn
+    if probe:
+        return time_fn(call, inputs, device=device, warmup=1, min_runs=1,
+                       min_time_s=0.0).median_ms
     return time_fn(call, inputs, device=device, warmup=timing.warmup, min_runs=timing.min_runs,
                    min_time_s=timing.min_time_s, max_time_s=timing.max_time_s).median_ms
 
 
+_INPUT_CACHE_BYTES = 2 << 30
+
+
+def _inputs_for(cache: dict[tuple, list], shape: tuple, dtype, device) -> list:
+    """Random inputs of ``shape``, drawn once per shape (several layers share one); the
+    oldest shapes are dropped past 2 GiB."""
+    if shape not in cache:
+        cache[shape] = make_inputs(shape, dtype=dtype, device=device)
+        while len(cache) > 1 and sum(x.numel() * x.element_size() for b in cache.values()
+                                     for x in b) > _INPUT_CACHE_BYTES:
+            del cache[next(iter(cache))]
+    return cache[shape]
+
+
 def _measure(t: Target, choice: LayerChoice, dtype, device, options, timing: AutoTiming,
-             margin: float) -> dict[str, nn.Module]:
-    """Build and time every candidate; set ``choice``; return the built modules."""
+             margin: float, inputs: list) -> dict[str, nn.Module]:
+    """Build and time every candidate (dense first); set ``choice``; return the built
+    modules. A candidate whose probe call is ``timing.abandon`` × slower than dense keeps
+    that probe time (listed in ``choice.probed``) — it cannot win by a margin."""
     built: dict[str, nn.Module] = {}
+    shape = tuple(t.input_shape)
     for b in candidates(t, dtype, device, options):
         try:
             built[b.name] = build_module(b, t, options)
-            choice.times_ms[b.name] = _time(built[b.name], tuple(t.input_shape), dtype,
-                                            device, timing)
+            dense = choice.times_ms.get("dense")
+            if dense is not None and timing.abandon is not None:
+                first = _time(built[b.name], shape, dtype, device, timing, probe=True,
+                              inputs=inputs)
+                if first > timing.abandon * dense:
+                    choice.times_ms[b.name] = first
+                    choice.probed.append(b.name)
+                    continue
+            choice.times_ms[b.name] = _time(built[b.name], shape, dtype, device, timing,
+                                            inputs=inputs)
         except (RuntimeError, ValueError, NotImplementedError) as e:
             choice.errors[b.name] = f"{type(e).__name__}: {e}"
             built.pop(b.name, None)
@@ -197,6 +231,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
         _check_plan_shapes(cached, targets, plan)
     result = Plan(**env, model_ms=dict(cached.model_ms) if cached else {})
     modules: dict[str, nn.Module] = {}
+    inputs: dict[tuple, list] = {}  # random inputs by shape, drawn once (on the CPU: slow)
     measured = False
     for t in targets:
         choice = LayerChoice(t.name, layer_key(env, t),
@@ -210,7 +245,8 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
             choice.errors["*"] = "not reached by example_input: left dense"
             modules[t.name] = build_module(Dense, t, options)
         else:
-            built = _measure(t, choice, dtype, device, options, timing, margin)
+            built = _measure(t, choice, dtype, device, options, timing, margin,
+                             _inputs_for(inputs, tuple(t.input_shape), dtype, device))
             modules[t.name] = built[choice.choice]
             measured = True
         result.layers[t.name] = choice
@@ -250,8 +286,10 @@ def _check_model(model, fast, targets, modules, result: Plan, dtype, device, ver
     dense_model = rebuild(check=False)
     for n, c in result.layers.items():
         c.choice = saved[n]
-    result.model_ms["dense"] = _time(dense_model, example_input, dtype, device, timing)
-    result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing)
+    inputs = make_inputs(example_input, dtype=dtype, device=device)
+    result.model_ms["dense"] = _time(dense_model, example_input, dtype, device, timing,
+                                     inputs=inputs)
+    result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing, inputs=inputs)
     sparse = [c for c in result.layers.values() if c.choice != "dense"]
     sparse.sort(key=lambda c: c.times_ms["dense"] - c.times_ms[c.choice])  # least gain first
     reverted = False
@@ -261,5 +299,6 @@ def _check_model(model, fast, targets, modules, result: Plan, dtype, device, ver
             c.reverted, c.choice = True, "dense"
         sparse, reverted = sparse[len(half):], True
         fast = rebuild(check=False)
-        result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing)
+        result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing,
+                                        inputs=inputs)
     return rebuild(check=verify) if reverted and verify else fast

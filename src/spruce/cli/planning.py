@@ -27,10 +27,14 @@ def plan_show(plan: Path = typer.Argument(..., help="a plan JSON written by conv
         table.add_column(f"{b} ms", justify="right")
     table.add_column("choice")
     for c in p.layers.values():
-        times = [f"{c.times_ms[b]:.3g}" if b in c.times_ms else "-" for b in backends]
+        times = [(f"{c.times_ms[b]:.3g}" + ("*" if b in c.probed else ""))
+                 if b in c.times_ms else "-" for b in backends]
         choice = c.choice + (" (reverted)" if c.reverted else "")
         table.add_row(c.name, "×".join(map(str, c.input_shape or [])) or "-", *times, choice)
     console.print(table)
+    if any(c.probed for c in p.layers.values()):
+        console.print("* one probe call only: that many times slower than dense, not timed "
+                      "further")
     if p.model_ms:
         console.print("whole model: " + ", ".join(f"{k} {v:.3g} ms" for k, v in
                                                   p.model_ms.items()))

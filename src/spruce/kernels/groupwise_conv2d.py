@@ -266,9 +266,6 @@ def groupwise_conv2d(x: torch.Tensor, taps: torch.Tensor, weight: torch.Tensor,
     o = weight.shape[0]
     if bias is not None and bias.shape != (o,):
         raise ValueError(f"groupwise_conv2d: bias must be ({o},); got {tuple(bias.shape)}")
-    if max(x.numel(), x.shape[0] * o * x.shape[2] * x.shape[3]) >= 2**31:
-        raise ValueError(f"groupwise_conv2d: {tuple(x.shape)} needs 64-bit offsets; split "
-                         "the batch")
     check_device("groupwise_conv2d", x, taps, weight, *([] if bias is None else [bias]))
     bsz, _, h, w = x.shape
     extent = tuple(d * (k - 1) + 1 for d, k in zip(dilation, kernel_size, strict=True))
@@ -276,6 +273,9 @@ def groupwise_conv2d(x: torch.Tensor, taps: torch.Tensor, weight: torch.Tensor,
     if ho <= 0 or wo <= 0:
         raise ValueError(f"groupwise_conv2d: input {h}×{w} is smaller than the kernel extent "
                          f"{extent} with padding {padding}")
+    if max(x.numel(), bsz * o * ho * wo) >= 2**31:   # the kernel's offsets are 32-bit
+        raise ValueError(f"groupwise_conv2d: input {tuple(x.shape)} / output "
+                         f"{(bsz, o, ho, wo)} needs 64-bit offsets; split the batch")
     # 2. allocate
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     y = torch.empty((bsz, o, ho, wo), device=x.device, dtype=x.dtype,

@@ -30,6 +30,8 @@ NOTES = [
     "dense. CSR is timed as a single backend only on element rows (see bench_auto.py).",
     "- CNNs run at Tiny-ImageNet size (64², the paper's setting); ViT-B/16 at 224² (ImageNet); "
     "BERT-base at 128 tokens. VGG-16/ResNet-18 at 224² were not run this time.",
+    "- Not measured: fp32 ViT-B block 32×32 at 0.75 and 0.25 kept (the last device call ran "
+    "out of time; the session's device time was spent).",
     "- The first run (`auto-first-run.json`, BERT-base and ResNet-18 at ImageNet size, 50% "
     "kept, unpaired timings) is kept for reference.",
 ]
@@ -45,7 +47,9 @@ def table(rows: list[dict]) -> list[str]:
     for r in rows:
         vd = r["auto_ms"] / r["dense_ms"]
         best = f"{r['best_single']} {r['best_single_ms']:.3f}" if r["best_single"] else \
-            "none (" + "; ".join(r["errors"].values())[:60] + ")" if r["errors"] else "none"
+            "none (" + ", ".join(f"{b} refused {r['dtype']}" if "does not support" in e
+                                 else f"{b} failed" for b, e in r["errors"].items()) + ")" \
+            if r["errors"] else "none"
         vb = r["auto_ms"] / r["best_single_ms"] if r["best_single_ms"] else None
         pattern = "block 32×32" if r["pattern"] == "block" else r["pattern"]
         lines.append(f"| {r['model']} | {pattern} | {r['kept']} | {r['dense_ms']:.3f} | {best} "
@@ -83,7 +87,10 @@ def main() -> None:
         if not src.exists():
             continue
         res = json.loads(src.read_text())
-        rows = res["rows"]
+        models = list(dict.fromkeys(r["model"] for r in res["rows"]))
+        order = ["element", "2:4", "block", "group"]
+        rows = sorted(res["rows"], key=lambda r: (models.index(r["model"]),
+                                                  order.index(r["pattern"]), -r["kept"]))
         md += [f"## {dtype}, batch {rows[0]['batch']} — {res['device']}, torch {res['torch']}",
                "", f"`PYTHONPATH=src python3 benchmarks/auto/bench_auto.py --device cuda "
                f"--dtype {dtype} --models ...` (rows of several calls merged in "

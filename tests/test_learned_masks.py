@@ -12,6 +12,7 @@ from torch import nn
 
 import spruce
 from spruce.criteria import get_criterion
+from spruce.data import TensorDict
 from spruce.learned import (LearnedSpec, attach_learned, fit_masks, gumbel_softmax, harden,
                             init_logits, learned_layers, nm_table, tau_at)
 from spruce.masks import get_mask, mask_info, original_weight
@@ -94,6 +95,11 @@ def test_eval_forward_equals_hardened_model():
     assert torch.allclose(model(x), before, atol=1e-6)
 
 
+def distil(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loop's objective hook: MSE to the teacher's outputs in the batch."""
+    return (net(batch["x"]) - batch["teacher"]).square().mean()
+
+
 def test_logits_get_gradients_weights_do_not():
     model = mlp()
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -107,7 +113,7 @@ def test_logits_get_gradients_weights_do_not():
         assert layer.bias.grad is None
     x = torch.randn(64, 16)
     teacher = mlp()(x).detach()
-    fit_masks(model, lambda s: (model(x) - teacher).square().mean(), steps=5, progress=False)
+    fit_masks(model, distil, TensorDict({"x": x, "teacher": teacher}), steps=5, progress=False)
     harden(model)
     spruce.masks.bake  # noqa: B018  (harden keeps the weights; nothing is baked)
     for n, p in model.named_parameters():
@@ -119,7 +125,9 @@ def test_fit_refuses_trainable_weights():
     model = mlp()
     attach_learned(model, freeze=False)
     with pytest.raises(ValueError, match="weights still train"):
-        fit_masks(model, lambda s: model(torch.randn(2, 16)).sum(), steps=1, progress=False)
+        fit_masks(model, distil, TensorDict({"x": torch.randn(4, 16),
+                                             "teacher": torch.randn(4, 8)}),
+                  steps=1, batch_size=2, progress=False)
 
 
 def test_tiny_learn_mask_run_lowers_the_loss():
@@ -133,8 +141,8 @@ def test_tiny_learn_mask_run_lowers_the_loss():
     attach_learned(student, LearnedSpec(tau=1.0))
     student.eval()
     start = float((student(x) - target).square().mean())
-    res = fit_masks(student, lambda s: (student(x[s % 4 * 64:][:64]) - target[s % 4 * 64:][:64])
-                    .square().mean(), steps=150, lr=0.05, progress=False)
+    res = fit_masks(student, distil, TensorDict({"x": x, "teacher": target}), steps=150,
+                    batch_size=64, lr=0.05, progress=False)
     end = float((student(x) - target).square().mean())
     assert res.steps == 150 and end < 0.8 * start
     assert res.history[-1]["loss"] < res.history[0]["loss"]

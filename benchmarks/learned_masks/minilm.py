@@ -10,7 +10,12 @@ and overlap of the top-10 sets).
 Rows: dense; magnitude 2:4; permuted 2:4 (FFN-out permuted with its producer, the only
 Linear with a private producer, magnitude elsewhere — the function-preserving ASP setup);
 permuted 2:4 with every Linear permuted and its input gathered on the fly; learned 2:4
-(Gumbel-Softmax over the 6 patterns, cosine distillation on the training sentences).
+(Gumbel-Softmax over the 6 patterns, cosine distillation on the training sentences),
+trained by the project's training loop (``fit_masks`` → ``spruce.train.train`` with the
+distillation loss as its ``objective`` hook and the held-out fidelity as its
+``evaluator``): exactly ``--steps`` AdamW steps on the logits, batches in the loop's
+seeded order (``spruce.data.train_plan``: a fresh permutation per epoch, its last partial
+batch dropped).
 
     PYTHONPATH=src:. python benchmarks/learned_masks/minilm.py --steps 300
 """
@@ -31,6 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 import spruce  # noqa: E402
+from spruce.data import Samples  # noqa: E402
 from spruce.learned import (InputPermuted, LearnedSpec, attach_learned, efficacy,  # noqa: E402
                             fit_masks, flips, harden, learned_layers, mean_pool,
                             permute_producer_consumer, search_permutation)
@@ -66,25 +72,18 @@ def read_corpus(path: Path) -> tuple[list[str], list[str]]:
         [r["text"] for r in rows if r["split"] == "heldout"]
 
 
-class Texts:
-    """Pre-tokenised sentences; ``batch(idx)`` pads to the longest in the batch."""
+def texts(tok, sentences: list[str], max_len: int) -> Samples:
+    """Pre-tokenised sentences; ``batch(idx)`` pads ``input_ids`` to the longest in the
+    batch and adds the ``attention_mask`` (``spruce.data.pad_collate``)."""
+    enc = tok(sentences, truncation=True, max_length=max_len)
+    return Samples([{"input_ids": ids} for ids in enc["input_ids"]])
 
-    def __init__(self, tok, texts: list[str], max_len: int):
-        enc = tok(texts, truncation=True, max_length=max_len)
-        self.ids = enc["input_ids"]
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batch(self, idx) -> dict[str, torch.Tensor]:
-        seqs = [self.ids[i] for i in idx]
-        n = max(len(s) for s in seqs)
-        ids = torch.zeros(len(seqs), n, dtype=torch.long)
-        att = torch.zeros(len(seqs), n, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
-            att[r, :len(s)] = 1
-        return {"input_ids": ids, "attention_mask": att}
+def with_teacher(split: Samples, teacher: torch.Tensor) -> Samples:
+    """The training sentences, each with its dense embedding: a batch carries ``teacher``
+    [B, D] beside the tokens, the target of the distillation objective."""
+    return Samples([{**item, "teacher": t} for item, t in zip(split.items, teacher,
+                                                               strict=True)])
 
 
 def embed(model, batch) -> torch.Tensor:
@@ -95,10 +94,10 @@ def embed(model, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_all(model, texts: Texts, bs: int = 64) -> torch.Tensor:
+def embed_all(model, split: Samples, bs: int = 64) -> torch.Tensor:
     model.eval()
-    return torch.cat([embed(model, texts.batch(range(i, min(i + bs, len(texts)))))
-                      for i in range(0, len(texts), bs)])
+    return torch.cat([embed(model, split.batch(range(i, min(i + bs, len(split)))))
+                      for i in range(0, len(split), bs)])
 
 
 def neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
@@ -179,22 +178,18 @@ def learned(base, train, teacher, held, dense_emb, args):
                        anneal_steps=args.steps, hard=args.hard, seed=args.seed)
     attach_learned(model, spec, exclude=EXCLUDE)
     start = {n: m.hard_mask().clone() for n, m in learned_layers(model).items()}
-    gen = torch.Generator().manual_seed(args.seed)
-    order: list[int] = []
 
-    def loss_at(step: int) -> torch.Tensor:
-        nonlocal order
-        if len(order) < args.batch:
-            order = order + torch.randperm(len(train), generator=gen).tolist()
-        idx, order = order[:args.batch], order[args.batch:]
-        return cosine(embed(model, train.batch(idx)), teacher[torch.tensor(idx)])
+    def objective(net, batch) -> torch.Tensor:  # the training loop's hook: 1 − mean cos
+        return cosine(embed(net, batch), batch["teacher"])
 
-    def evaluate() -> dict[str, float]:
-        f = fidelity(embed_all(model, held), dense_emb)
+    def evaluator(m) -> dict[str, float]:  # eval mode: the argmax masks
+        f = fidelity(embed_all(m, held), dense_emb)
         return {"heldout_cosine": f["cosine"], "nn1_agreement": f["nn1_agreement"]}
 
-    fit = fit_masks(model, loss_at, args.steps, lr=args.lr, schedule=args.lr_schedule,
-                    evaluate=evaluate, eval_every=args.eval_every, progress=not args.quiet)
+    fit = fit_masks(model, objective, with_teacher(train, teacher), args.steps,
+                    batch_size=args.batch, lr=args.lr, schedule=args.lr_schedule,
+                    evaluator=evaluator, eval_every=args.eval_every, seed=args.seed,
+                    progress=not args.quiet)
     changed = flips(model, start)
     harden(model)
     return model, fit, changed
@@ -205,8 +200,8 @@ def plot(history: list[dict], baselines: dict[str, float], out: Path, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot([r["step"] for r in history], [r["loss"] for r in history],
-           label="train loss (1 − cos)")
+    tr = [r for r in history if "loss" in r]  # log rows (evaluations may fall between)
+    a.plot([r["step"] for r in tr], [r["loss"] for r in tr], label="train loss (1 − cos)")
     a.set(xlabel="step", ylabel="loss", yscale="log")
     a.legend()
     a.grid(alpha=.3)
@@ -259,7 +254,7 @@ def main() -> None:
     base.to(args.device)
     base.requires_grad_(False)
     train_txt, held_txt = read_corpus(HERE / "corpus.jsonl")
-    train, held = Texts(tok, train_txt, args.max_len), Texts(tok, held_txt, args.max_len)
+    train, held = texts(tok, train_txt, args.max_len), texts(tok, held_txt, args.max_len)
     t0 = time.perf_counter()
     dense_emb = embed_all(base, held)
     teacher = embed_all(base, train)

@@ -43,6 +43,10 @@ def train_cmd(
                                        help="cifar10 | tiny-imagenet | imagenet | qqp "
                                             "(default: detected from the folder)"),
     epochs: int = typer.Option(10, help="passes over the training split"),
+    steps: int = typer.Option(None, "--steps", help="optimizer steps, in place of --epochs "
+                              "(the last epoch may be partial)"),
+    eval_every: int = typer.Option(0, "--eval-every",
+                                   help="evaluate every N steps (0: at epoch ends)"),
     batch_size: int = typer.Option(64, "--batch-size", "-b",
                                    help="global batch (split over DDP processes)"),
     lr: float = typer.Option(0.05, help="peak learning rate"),
@@ -94,7 +98,8 @@ def train_cmd(
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         cfg = TrainConfig(
-            model=model, data=data, dataset_format=dataset_format, epochs=epochs,
+            model=model, data=data, dataset_format=dataset_format, epochs=epochs, steps=steps,
+            eval_every=eval_every,
             batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
             warmup_steps=warmup_steps, weight_decay=weight_decay, pattern=pattern,
             density=density, block=_block(block), prune_mode=prune_mode,

@@ -8,6 +8,8 @@
 Formats: ``digits`` (built in), ``cifar10`` (python-pickle batches), ``tiny-imagenet``
 (standard folder layout), ``imagenet`` (class folders of JPEGs), ``qqp`` (GLUE TSV).
 A missing or malformed folder raises an error naming the file and what was expected.
+Other data (token lists, teacher outputs for distillation) goes in a :class:`Samples` or
+:class:`TensorDict` split and ``DataSplits.of(train, test)``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import DataSplits, Split, TensorImages
+from .batches import Samples, TensorDict, pad_collate
 from .cifar import load_cifar10
 from .digits import load_digits
 from .folders import load_imagenet, load_tiny_imagenet
@@ -31,9 +34,9 @@ READERS: dict[str, Callable[..., DataSplits]] = {
 }
 BUILTIN = {"digits": load_digits}
 
-__all__ = ["BUILTIN", "READERS", "DataSplits", "HashTokenizer", "Split", "TensorImages",
-           "detect_format", "eval_plan", "formats", "load", "sample_seed", "steps_per_epoch",
-           "train_plan"]
+__all__ = ["BUILTIN", "READERS", "DataSplits", "HashTokenizer", "Samples", "Split",
+           "TensorDict", "TensorImages", "detect_format", "eval_plan", "formats", "load",
+           "pad_collate", "sample_seed", "steps_per_epoch", "train_plan"]
 
 
 def formats() -> list[str]:

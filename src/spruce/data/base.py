@@ -4,7 +4,8 @@ A :class:`Split` is a sized collection of samples. ``batch(indices, seeds)`` bui
 batch; ``seeds`` (one per sample, or None for evaluation) seed the augmentation of each
 sample, so a sample is augmented the same way whichever process or resumed run loads it.
 Image batches are ``(x [B, C, H, W] float32, y [B] int64)``; text batches are dicts of
-``[B, L]`` int64 tensors with ``labels [B]``.
+``[B, L]`` int64 tensors with ``labels [B]``; other batches (``batches.py``) are whatever
+their collate function builds, dicts of tensors for the loop's ``to_device``.
 """
 
 from __future__ import annotations
@@ -78,13 +79,22 @@ class DataSplits:
 
     name: str  # format name: digits, cifar10, tiny-imagenet, imagenet, qqp
     train: Split
-    test: Split  # the labelled held-out split (CIFAR test batch, ImageNet val, GLUE dev)
+    test: Split | None  # the labelled held-out split (CIFAR test batch, ImageNet val, GLUE
+    #                     dev); None only for ``custom`` data trained with an objective
     num_classes: int
-    task: str  # "image" or "text": decides the batch layout and the metrics
+    task: str  # "image", "text" or "custom": decides the batch layout and the metrics
     zoo_dataset: str  # the zoo variant whose input geometry fits (zoo.build(..., dataset=))
     source: str  # where it was read from
     notes: list[str] = field(default_factory=list)  # what a reader adapted or skipped
 
+    @classmethod
+    def of(cls, train: Split, test: Split | None = None, name: str = "custom",
+           source: str = "memory") -> DataSplits:
+        """Splits of any batches (e.g. :class:`~spruce.data.Samples`) for a run with an
+        ``objective``: no classes, no zoo geometry, no classification metrics."""
+        return cls(name, train, test, 0, "custom", "", source)
+
     def describe(self) -> str:
-        return (f"{self.name} from {self.source}: {len(self.train)} train / {len(self.test)} "
+        test = len(self.test) if self.test is not None else 0
+        return (f"{self.name} from {self.source}: {len(self.train)} train / {test} "
                 f"test samples, {self.num_classes} classes")

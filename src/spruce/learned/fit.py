@@ -1,21 +1,20 @@
-"""Train the learned masks alone against any objective — the adapter around the training
-loop's pieces.
+"""Train the learned masks alone, through the training loop, against any objective.
 
-``spruce.train.Trainer`` computes ``F.cross_entropy(logits, labels)`` in ``train_step`` and
-classification metrics in ``evaluate``; with labels, learned masks train through it
-unchanged (``TrainConfig(pattern="2:4", prune_mode="during", criterion="learned")`` and a
-model whose weights are frozen). Distillation from the dense model has no labels and needs
-another loss, so this module runs the same kind of step — ``lr_at`` schedule, AdamW on the
-mask logits only (no weight decay), ``after_step`` on every mask, the same rich
-``ProgressBar`` — around a caller's ``loss_at(step)``. The hook that would make it
-unnecessary: ``Trainer(objective=fn(net, batch) -> loss)`` used in ``train_step`` in place
-of the cross-entropy, and an ``evaluate`` that the objective may replace.
+With labels, learned masks need nothing here: ``TrainConfig(pattern="2:4",
+prune_mode="during", criterion="learned")`` on a model whose weights are frozen. Without
+labels — distillation from the dense model — :func:`fit_masks` runs the same loop
+(``spruce.train.train``) with an ``objective`` hook in place of the cross-entropy and an
+``evaluator`` hook in place of the classification metrics, on masks already attached by
+:func:`~spruce.learned.attach_learned` (``prune_mode`` none): AdamW on the mask logits
+only (no weight decay), the ``lr_at`` schedule over exactly ``steps`` optimizer steps,
+``after_step`` on every mask (the τ schedule), the loop's batches (a pure function of the
+seed and the epoch, so a run resumed from ``checkpoint_dir`` takes the same steps), its NaN
+check, progress bar, logs and checkpoints. It only adds what is particular to masks over
+frozen weights: the check that no weight trains, and τ in the history.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from .masks import learned_layers
+from .schedule import tau_at
 
 
 @dataclass
@@ -31,67 +31,69 @@ class FitResult:
     steps: int
     wall_s: float  # training time (evaluations excluded)
     history: list[dict[str, Any]] = field(default_factory=list)  # per log/eval row
+    metrics: dict[str, float | None] = field(default_factory=dict)  # of the final masks
+    train: Any = None  # the loop's spruce.train.TrainResult
 
 
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p.logits for p in learned_layers(model).values()]
 
 
-def fit_masks(model: nn.Module, loss_at: Callable[[int], torch.Tensor], steps: int,
-              lr: float = 0.05, schedule: str = "cosine", warmup: int = 0,
-              log_every: int = 10, evaluate: Callable[[], dict[str, float]] | None = None,
-              eval_every: int = 0, progress: bool = True) -> FitResult:
-    """``steps`` AdamW updates of the mask logits of ``model``; ``loss_at(step)`` runs the
-    masked model on that step's batch and returns the loss. Weights must be frozen (the
-    optimizer holds the logits alone, and a weight with ``requires_grad`` is an error)."""
-    from ..train.logs import ProgressBar  # the training package sits above this one
-    from ..train.schedule import lr_at
-
+def check_frozen(model: nn.Module) -> None:
+    """Learned masks train over frozen weights: a trainable weight, or no mask, is an error."""
     thawed = [n for n, p in model.named_parameters()
               if p.requires_grad and not n.endswith(".logits")]
     if thawed:
         raise ValueError(f"{len(thawed)} weights still train (first: {thawed[0]}); learned "
                          "masks keep the weights frozen: model.requires_grad_(False) before "
                          "attach_learned, or attach_learned(freeze=True)")
-    params = mask_parameters(model)
-    if not params:
+    if not mask_parameters(model):
         raise ValueError("the model carries no learned masks: attach_learned(model) first")
-    masks = list(learned_layers(model).values())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    result, window = FitResult(0, 0.0), []
-    model.train()
-    with ProgressBar(steps, 0, progress) as bar:
-        for step in range(steps):
-            t0 = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, steps, lr, schedule, warmup)
-            loss = loss_at(step)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"mask loss is {value} at step {step}; lower lr "
-                                         f"(now {lr:g}) or raise tau")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for mask in masks:
-                mask.after_step()
-            result.wall_s += time.perf_counter() - t0
-            result.steps = step + 1
-            window.append(value)
-            bar.update(step + 1, 0, value, 0.0)
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                row = {"step": step + 1, "loss": sum(window) / len(window),
-                       "tau": masks[0].tau, "wall_s": result.wall_s}
-                window = []
-                if evaluate is not None and eval_every and \
-                        ((step + 1) % eval_every == 0 or step + 1 == steps):
-                    model.eval()
-                    row.update(evaluate())
-                    model.train()
-                    bar.note(", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-                result.history.append(row)
+
+
+def fit_masks(model: nn.Module, objective: Callable[[nn.Module, Any], torch.Tensor], data: Any,
+              steps: int, *, batch_size: int = 32, lr: float = 0.05, schedule: str = "cosine",
+              warmup: int = 0, log_every: int = 10,
+              evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
+              eval_every: int = 0, seed: int = 0, progress: bool = True,
+              checkpoint_dir: str | None = None, resume: bool = False) -> FitResult:
+    """``steps`` AdamW updates of the mask logits of ``model`` by ``spruce.train.train``.
+
+    ``objective(net, batch) -> loss`` runs the masked model on one batch of ``data`` (a
+    split such as ``spruce.data.Samples``, or a ``DataSplits``) and returns the scalar loss;
+    ``evaluator(model) -> {name: value}`` runs every ``eval_every`` steps and at the end
+    (eval mode: argmax masks). The run happens on the model's device. ``history`` holds
+    the loop's training-log rows (every ``log_every`` steps and at epoch ends: mean loss
+    since the previous row, lr, τ) merged by step with the evaluations.
+    """
+    from ..train import TrainConfig, train  # the training package sits above this one
+
+    check_frozen(model)
+    device = next(model.parameters()).device
+    cfg = TrainConfig(model=type(model).__name__, data=getattr(data, "name", "custom"),
+                      steps=steps, batch_size=batch_size, optimizer="adamw", lr=lr,
+                      momentum=0.9, weight_decay=0.0, schedule=schedule, warmup_steps=warmup,
+                      log_every=log_every, eval_every=eval_every, seed=seed,
+                      device=str(device), progress=progress, checkpoint_dir=checkpoint_dir,
+                      resume=resume)
+    result = train(cfg, model, data, objective=objective, evaluator=evaluator)
     model.eval()
-    return result
+    history = _history(result, next(iter(learned_layers(model).values())).spec)
+    return FitResult(result.steps, result.wall_s, history, result.metrics, result)
+
+
+def _history(result: Any, spec: Any) -> list[dict[str, Any]]:
+    """Log rows (with τ) and evaluation rows merged by step."""
+    rows: dict[int, dict[str, Any]] = {}
+    for r in result.log:
+        rows[r["step"]] = {"step": r["step"], "epoch": r["epoch"], "lr": r["lr"],
+                           "loss": r["loss"], "tau": tau_at(r["step"], spec.tau, spec.tau_end,
+                                                            spec.tau_schedule,
+                                                            spec.anneal_steps)}
+    for r in result.history:
+        extra = {k: v for k, v in r.items() if k not in ("epoch", "density")}
+        rows.setdefault(r["step"], {}).update(extra)
+    return [rows[s] for s in sorted(rows)]
 
 
 def flips(model: nn.Module, reference: dict[str, torch.Tensor]) -> float:

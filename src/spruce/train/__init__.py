@@ -9,33 +9,49 @@
 ``train`` also takes a ready ``nn.Module`` (``model=``) and data (``data=``). The same run
 from the command line is ``spruce train tiny_cnn --data digits ...``; on several GPUs or
 machines, ``torchrun --nproc-per-node N -m spruce.train tiny_cnn --data digits ...``.
+
+Without labels — distillation, learned masks over frozen weights — the loss and the
+metrics are hooks (``hooks.py``), and any batches fit (``spruce.data.Samples``)::
+
+    def objective(net, batch):           # -> scalar loss, minimised in place of the CE
+        return F.mse_loss(net(batch["x"]), batch["teacher"])
+    result = train(TrainConfig(optimizer="adamw", lr=0.05, steps=300, batch_size=32,
+                               eval_every=50),
+                   model, data=TensorDict({"x": x, "teacher": y}), objective=objective,
+                   evaluator=lambda model: {"mse": held_out_mse(model)})
+    result.history       # [{"step": 50, "epoch": .., "mse": .., "density": ..}, ...]
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from ..data import DataSplits
+from ..data import DataSplits, Split
 from .config import TrainConfig
+from .hooks import Evaluator, Objective
 from .models import TinyCNN
 from .runner import NonFiniteLoss, Trainer, TrainResult
 from .schedule import density_at, lr_at, prune_steps
 
-__all__ = ["NonFiniteLoss", "TinyCNN", "TrainConfig", "TrainResult", "density_at", "lr_at",
-           "prune_steps", "train"]
+__all__ = ["Evaluator", "NonFiniteLoss", "Objective", "TinyCNN", "TrainConfig", "TrainResult",
+           "density_at", "lr_at", "prune_steps", "train"]
 
 
 def train(cfg: TrainConfig, model: nn.Module | None = None,
-          data: DataSplits | None = None) -> TrainResult:
+          data: DataSplits | Split | None = None, objective: Objective | None = None,
+          evaluator: Evaluator | None = None) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns the final metrics.
 
-    Under ``torchrun`` every process calls this; they form one DDP group.
+    ``objective(net, batch) -> loss`` replaces the cross-entropy and ``evaluator(model) ->
+    {name: value}`` the classification metrics (see ``spruce.train.hooks``); a resumed run
+    is given the same hooks. ``data`` may be a bare split (no test split then). Under
+    ``torchrun`` every process calls this; they form one DDP group.
     """
     from . import distributed
 
     cfg = cfg.validated()
     d = distributed.setup(cfg.device)
     try:
-        return Trainer(cfg, d, model, data).fit()
+        return Trainer(cfg, d, model, data, objective, evaluator).fit()
     finally:
         distributed.cleanup(d)

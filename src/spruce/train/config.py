@@ -32,6 +32,8 @@ class TrainConfig:
     init: str | None = None  # weights to start from (a spruce.save file), e.g. a dense model
     # -- optimisation ---------------------------------------------------------------------
     epochs: int = 10  # passes over the training split
+    steps: int | None = None  # optimizer steps of the run, in place of epochs (the last
+    #                           epoch may be partial); None: epochs × steps per epoch
     batch_size: int = 64  # global batch: split evenly over the processes of a DDP run
     eval_batch_size: int = 256  # per process, evaluation only
     optimizer: str = "sgd"  # sgd (with momentum, Nesterov off) | adamw
@@ -68,6 +70,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest checkpoint in checkpoint_dir
     output: str | None = None  # final model (spruce.save format)
     log_every: int = 10  # steps between rows of the training CSV log
+    eval_every: int = 0  # evaluate every N steps and at the last (0: at each epoch end)
     progress: bool = True  # rich progress bar on rank 0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the files
 
@@ -82,6 +85,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(cfg, name)}")
         if cfg.lr <= 0:
             raise ValueError(f"lr must be > 0; got {cfg.lr}")
+        if cfg.steps is not None and int(cfg.steps) < 1:
+            raise ValueError(f"steps must be >= 1 (or None to count epochs); got {cfg.steps}")
+        if cfg.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: at epoch ends); got {cfg.eval_every}")
         if cfg.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0; got {cfg.checkpoint_every}")
         if cfg.resume and not cfg.checkpoint_dir:
@@ -102,7 +109,7 @@ class TrainConfig:
 
 
 RESUME_KEYS = ("model", "data", "dataset_format", "num_classes", "image_size", "tokenizer",
-               "augment", "init", "epochs", "batch_size", "optimizer", "lr", "momentum",
+               "augment", "init", "epochs", "steps", "batch_size", "optimizer", "lr", "momentum",
                "weight_decay", "schedule", "warmup_steps", "lr_milestones", "lr_gamma", "amp",
                "amp_dtype", "pattern", "density", "block", "prune_mode", "criterion", "scope",
                "exclude", "prune_start", "prune_end", "prune_every", "seed")

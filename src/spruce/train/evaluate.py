@@ -79,7 +79,17 @@ def _metrics(s: torch.Tensor, task: str, num_classes: int) -> dict[str, float | 
     return out
 
 
+def headline_key(metrics: dict[str, float | None]) -> str | None:
+    """The metric a table shows: top-1 for images, accuracy for text, else the first key
+    (an evaluator hook puts its headline first); None for no metrics."""
+    for key in ("top1", "accuracy"):
+        if metrics.get(key) is not None:
+            return key
+    return next(iter(metrics), None)
+
+
 def headline(metrics: dict[str, float | None]) -> float:
-    """The number a table shows: top-1 for images, accuracy for text."""
-    return float(metrics.get("top1") if metrics.get("top1") is not None
-                 else metrics.get("accuracy"))
+    """The value of :func:`headline_key` (NaN when there is none)."""
+    key = headline_key(metrics)
+    value = metrics.get(key) if key is not None else None
+    return float("nan") if value is None else float(value)

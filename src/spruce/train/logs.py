@@ -28,23 +28,42 @@ EVAL_FIELDS = ("step", "epoch", "loss", "top1", "top5", "accuracy", "f1", "densi
 
 
 class CsvLog:
-    """Appends rows to ``path``; ``resume_step`` keeps only rows with step ≤ it."""
+    """Appends rows to ``path``; ``resume_step`` keeps only rows with step ≤ it.
 
-    def __init__(self, path: Path, fields: tuple[str, ...], resume_step: int | None = None):
-        self.path, self.fields = path, fields
-        rows = self.read() if resume_step is not None and path.is_file() else []
+    ``fields=None`` (an evaluator hook's metrics, unknown before it runs): the columns are
+    those of the rows kept from a resumed run, else the keys of the first row written.
+    """
+
+    def __init__(self, path: Path, fields: tuple[str, ...] | None,
+                 resume_step: int | None = None):
+        self.path = path
+        rows, header = [], None
+        if resume_step is not None and path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                rows, header = list(reader), reader.fieldnames
         rows = [r for r in rows if int(r["step"]) <= (resume_step or 0)]
+        self.fields = fields or (tuple(header) if header and rows else None)
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        if self.fields is None:
+            atomic_write_text(self.path, "")
+            return
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
+        atomic_write_text(self.path, buf.getvalue())
 
     def read(self) -> list[dict[str, str]]:
         with open(self.path, newline="") as f:
             return list(csv.DictReader(f))
 
     def write(self, row: dict[str, Any]) -> None:
+        if self.fields is None:
+            self.fields = tuple(row)
+            self._rewrite([])
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
                 {k: _fmt(v) for k, v in row.items()})
@@ -54,8 +73,10 @@ def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)
 
 
-def plot_curves(train_csv: Path, eval_csv: Path, out: Path, title: str) -> Path | None:
-    """Loss and held-out accuracy against the step, as a PNG (atomically)."""
+def plot_curves(train_csv: Path, eval_csv: Path, out: Path, title: str,
+                key: str | None = None) -> Path | None:
+    """Loss and a held-out metric (``key``; default top-1 or accuracy) against the step, as
+    a PNG (atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +89,7 @@ def plot_curves(train_csv: Path, eval_csv: Path, out: Path, title: str) -> Path 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot([int(r["step"]) for r in train], [float(r["loss"]) for r in train], lw=1)
     ax1.set(xlabel="step", ylabel="training loss", yscale="log")
-    key = "top1" if evals and evals[0].get("top1") else "accuracy"
+    key = key or ("top1" if evals and evals[0].get("top1") else "accuracy")
     pts = [(int(r["step"]), float(r[key])) for r in evals if r.get(key)]
     if pts:
         ax2.plot(*zip(*pts, strict=True), marker="o", lw=1)

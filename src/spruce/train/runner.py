@@ -6,6 +6,11 @@ order (a pure function of seed and epoch), applies any pruning event scheduled f
 sets the learning rate ``lr_at(s)``, and updates. A checkpoint taken after step ``s``
 holds everything else that changes (weights, masks, optimizer, RNG), so a resumed run
 takes exactly the updates the uninterrupted one would have.
+
+The run lasts ``cfg.steps`` steps when given (a step budget: the last epoch stops part
+way, and the LR schedule spans exactly those steps), else ``epochs × steps_per_epoch``.
+The loss is the cross-entropy of the model's logits, or an ``objective`` hook's; the
+metrics are the classification ones, or an ``evaluator`` hook's (``hooks.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,19 +26,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..api import save as save_model
 from ..criteria.during_training import TrainableMask
-from ..data import DataSplits, TensorImages, steps_per_epoch, train_plan
+from ..data import DataSplits, Split, TensorImages, steps_per_epoch, train_plan
 from ..io import atomic_write_text
-from ..masks import get_mask
+from ..masks import get_mask, original_weight
 from ..prune import density_of
 from ..view import prunable_layers
 from . import checkpoint as ckpt
-from . import setup
+from . import hooks, setup
 from .config import TrainConfig, config_hash, fingerprint
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_, gather_objects
-from .evaluate import autocast, evaluate, headline, logits_and_labels, to_device
+from .evaluate import autocast, evaluate, headline, headline_key, logits_and_labels, to_device
 from .logs import EVAL_FIELDS, TRAIN_FIELDS, CsvLog, ProgressBar, Throughput, plot_curves
 from .schedule import lr_at
 from .sparsity import Sparsifier, broadcast_masks
@@ -57,6 +64,8 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     processes: int = 1  # DDP world size
     device: str = "cpu"  # of rank 0
+    log: list[dict[str, Any]] = field(default_factory=list)  # training-log rows of this
+    #       process (the CSV's: step, epoch, lr, loss, ...); a resumed run's start from there
 
     @property
     def accuracy(self) -> float:
@@ -65,34 +74,55 @@ class TrainResult:
 
 def effective_density(model: nn.Module) -> float:
     """Kept fraction of the prunable weights, counting what trainable masks keep now
-    (before :meth:`Sparsifier.finalize` turns them into fixed masks)."""
+    (before :meth:`Sparsifier.finalize` turns them into fixed masks). It never runs a
+    mask's forward, which may sample (learned masks): logging must not move the RNG."""
     kept = total = 0
     for layer in prunable_layers(model)[0].values():
-        n = layer.weight.numel()
+        n = original_weight(layer).numel()  # not layer.weight: a Gumbel mask would draw noise
         total += n
+        trainable = _trainable_mask(layer)
         m = get_mask(layer)
-        if m is None:
+        if m is None and trainable is None:
             kept += n
             continue
         plist = layer.parametrizations.weight
-        trainable = [p for p in plist if isinstance(p, TrainableMask)]
-        if trainable:
-            m = trainable[0].keep_mask(plist[0](plist.original)) & plist[0].mask
+        if m is None:  # a trainable mask alone, attached by the caller (e.g. attach_learned)
+            m = trainable.keep_mask(plist.original)
+        elif trainable is not None:
+            m = trainable.keep_mask(plist[0](plist.original)) & plist[0].mask
         kept += int(m.sum())
     return kept / max(1, total)
 
 
+def _trainable_mask(layer: nn.Module) -> TrainableMask | None:
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    return next((p for p in layer.parametrizations.weight if isinstance(p, TrainableMask)),
+                None)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: Dist, model: nn.Module | None = None,
-                 data: DataSplits | None = None):
+                 data: DataSplits | Split | None = None,
+                 objective: hooks.Objective | None = None,
+                 evaluator: hooks.Evaluator | None = None):
         self.cfg, self.d = cfg, d
+        self.objective, self.hooks = objective, hooks.hook_names(objective, evaluator)
+        self.custom_metrics = objective is not None or evaluator is not None
         self.notes = setup.set_determinism(cfg, d.device)
         setup.seed_everything(cfg.seed, d.rank)
+        if isinstance(data, Split):
+            data = DataSplits.of(data)
         self.data = data or setup.load_data(cfg)
+        if objective is None and self.data.task == "custom":
+            raise ValueError(f"data {self.data.name!r} has no labels for the cross-entropy; "
+                             "pass objective=fn(net, batch) -> loss to train on it")
         self.spe = steps_per_epoch(len(self.data.train), cfg.batch_size)
-        self.total = cfg.epochs * self.spe
+        self.total = cfg.steps if cfg.steps is not None else cfg.epochs * self.spe
         self.model = model if model is not None else setup.make_model(cfg, self.data)
-        setup.check_classes(self.model, self.data, cfg)
+        if objective is None:
+            setup.check_classes(self.model, self.data, cfg)
+        self.evaluator = self._evaluator(evaluator)
         self.sparsifier = Sparsifier(cfg, self.total)
         self.dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else \
             (Path(cfg.output).parent if cfg.output else None)
@@ -100,17 +130,33 @@ class Trainer:
         if cfg.init and resume_path is None:
             setup.load_init(self.model, cfg.init)
         self.trainables = self.sparsifier.prepare(self.model)
+        self.trainables += setup.attached_trainables(self.model, self.trainables)
         self.model.to(d.device)
         self.optimizer = setup.make_optimizer(cfg, self.model)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp and cfg.amp_dtype == "fp16" \
             and d.device.type == "cuda" else None
         self.step, self.wall_s, self.history, self.resumed_from = 0, 0.0, [], None
-        self.samples = 0
+        self.samples, self.log_rows = 0, []
         if resume_path is not None:
             self._resume(resume_path)
         broadcast_masks(self.model, lambda t: broadcast_(t, d))
         self.net = setup.wrap_ddp(self.model, d)
         self.last_ckpt: Path | None = resume_path
+
+    def _evaluator(self, given: hooks.Evaluator | None
+                   ) -> Callable[[], dict[str, float | None]]:
+        """The metrics of an evaluation: the hook's, the mean objective over the test split
+        (objective, no evaluator), none (objective, no test split) or classification."""
+        cfg, data = self.cfg, self.data
+        if given is None and self.objective is not None and data.test is not None:
+            given = hooks.mean_objective(self.objective, data.test, self.d,
+                                         cfg.eval_batch_size, cfg.amp, cfg.amp_dtype)
+        if given is not None:
+            return lambda: hooks.run_evaluator(given, self.model)
+        if self.objective is not None:  # no test split to measure anything on
+            return lambda: {}
+        return lambda: evaluate(self.model, data, self.d, cfg.eval_batch_size, cfg.amp,
+                                cfg.amp_dtype)
 
     # -- resumption -------------------------------------------------------------------
     def _resume_path(self) -> Path | None:
@@ -130,6 +176,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = ckpt.read_state(path)
         setup.check_resume(state, self.cfg, self.model, path)
+        hooks.check_hooks(state, self.objective, path)
         ckpt.load(path, self.model, self.optimizer)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -148,8 +195,9 @@ class Trainer:
         self.dir.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale(self.dir)
         at = self.step if self.resumed_from else None
+        fields = None if self.custom_metrics else EVAL_FIELDS  # None: the first row's keys
         return (CsvLog(self.dir / "train_log.csv", TRAIN_FIELDS, at),
-                CsvLog(self.dir / "eval_log.csv", EVAL_FIELDS, at))
+                CsvLog(self.dir / "eval_log.csv", fields, at))
 
     def _state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.step // self.spe, "steps_per_epoch": self.spe,
@@ -157,7 +205,8 @@ class Trainer:
                 "signature": setup.model_signature(self.model),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "wall_s": self.wall_s, "samples": self.samples, "history": self.history,
-                "world_size": self.d.world}
+                "world_size": self.d.world,
+                "hooks": self.hooks}
 
     def save_checkpoint(self) -> None:
         """Collective (gathers every rank's RNG state); only rank 0 writes."""
@@ -187,8 +236,7 @@ class Trainer:
             group["lr"] = lr
         batch = to_device(batch, self.d.device)
         with autocast(self.d.device, cfg.amp, cfg.amp_dtype):
-            logits, y = logits_and_labels(self.net, batch)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = self._loss(batch)
         mean_loss = all_reduce_sum(loss.detach().clone(), self.d) / self.d.world
         value = float(mean_loss)
         if not math.isfinite(value):
@@ -205,6 +253,12 @@ class Trainer:
         for t in self.trainables:
             t.after_step()
         return value
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        if self.objective is not None:
+            return hooks.objective_loss(self.objective, self.net, batch)
+        logits, y = logits_and_labels(self.net, batch)
+        return F.cross_entropy(logits.float(), y)
 
     def _nan_message(self, value: float) -> str:
         where = f"step {self.step} (epoch {self.step // self.spe}, batch {self.step % self.spe})"
@@ -229,68 +283,87 @@ class Trainer:
                 self._epoch(bar, train_log, eval_log)
         self._prune_event()  # a gradual schedule may end at the very last step
         self.sparsifier.finalize(self.model)
-        metrics = evaluate(self.model, self.data, self.d, self.cfg.eval_batch_size,
-                           self.cfg.amp, self.cfg.amp_dtype)
-        return self._finish(metrics)
+        return self._finish(self.evaluator())
 
     def _epoch(self, bar: ProgressBar, train_log: CsvLog | None, eval_log: CsvLog | None):
         epoch, start = divmod(self.step, self.spe)
         meter, losses, t0 = Throughput(), [], time.perf_counter()
-        speed = 0.0
+        speed, every, last = 0.0, self.cfg.eval_every, self.total
         for batch in self._batches(epoch, start):
             self._prune_event()
             losses.append(self.train_step(batch))
             self.step += 1
             self.samples += self.cfg.batch_size
             meter.add(self.cfg.batch_size)
-            if self.step % self.cfg.log_every == 0 or self.step % self.spe == 0:
+            if self.step % self.cfg.log_every == 0 or self.step % self.spe == 0 or \
+                    self.step == last:
                 speed = meter.read()
                 self._log_train(train_log, epoch, sum(losses) / len(losses), speed)
                 losses = []
             bar.update(self.step, epoch, losses[-1] if losses else self._last_loss, speed)
-            every = self.cfg.checkpoint_every
-            if every and self.step % every == 0 and self.step % self.spe:
+            due_eval = every and (self.step % every == 0 or self.step == last)
+            due_ckpt = self.cfg.checkpoint_every and \
+                self.step % self.cfg.checkpoint_every == 0 and self.step % self.spe
+            if due_eval:  # evaluation time does not count as training time
+                self.wall_s += time.perf_counter() - t0
+                self._evaluation(epoch, bar, eval_log)
+                t0 = time.perf_counter()
+            if due_ckpt:  # the checkpoint records the training time so far
                 self.wall_s += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self.save_checkpoint()
+            if self.step == last:  # a step budget may end the run part way through an epoch
+                break
         self.wall_s += time.perf_counter() - t0
-        metrics = evaluate(self.model, self.data, self.d, self.cfg.eval_batch_size,
-                           self.cfg.amp, self.cfg.amp_dtype)
+        if not every:
+            self._evaluation(epoch, bar, eval_log)
+        self.save_checkpoint()
+        if self.d.is_main and self.dir:
+            key = self._headline if self.custom_metrics else None
+            plot_curves(self.dir / "train_log.csv", self.dir / "eval_log.csv",
+                        self.dir / "curves.png", f"{self.cfg.model} on {self.data.name}", key)
+
+    def _evaluation(self, epoch: int, bar: ProgressBar, eval_log: CsvLog | None) -> None:
+        metrics = self.evaluator()
+        self._headline = headline_key(metrics)
         row = {"step": self.step, "epoch": epoch, **metrics,
                "density": effective_density(self.model)}
         self.history.append(row)
-        if eval_log:
-            eval_log.write(row)
-            bar.note(f"epoch {epoch}: " + ", ".join(
+        if eval_log or self.custom_metrics:
+            if eval_log:
+                eval_log.write(row)
+            where = f"step {self.step}" if self.cfg.eval_every else f"epoch {epoch}"
+            bar.note(f"{where}: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items() if v is not None))
-        self.save_checkpoint()
-        if self.d.is_main and self.dir:
-            plot_curves(self.dir / "train_log.csv", self.dir / "eval_log.csv",
-                        self.dir / "curves.png", f"{self.cfg.model} on {self.data.name}")
 
     _last_loss = float("nan")
+    _headline: str | None = None  # the metric the curve shows (evaluate.headline_key)
 
     def _log_train(self, log: CsvLog | None, epoch: int, loss: float, speed: float) -> None:
         self._last_loss = loss
+        row = {"step": self.step, "epoch": epoch, "loss": loss,
+               "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed,
+               "density": effective_density(self.model)}
+        self.log_rows.append(row)
         if log:
-            log.write({"step": self.step, "epoch": epoch, "loss": loss,
-                       "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed,
-                       "density": effective_density(self.model)})
+            log.write(row)
 
     def _finish(self, metrics: dict[str, float | None]) -> TrainResult:
-        result = TrainResult(metrics, self.step, self.cfg.epochs, density_of(self.model),
-                             self.wall_s, self.samples / max(self.wall_s, 1e-9),
-                             self.history, self.cfg.output, str(self.last_ckpt or "") or None,
+        result = TrainResult(metrics, self.step, math.ceil(self.total / self.spe),
+                             density_of(self.model), self.wall_s,
+                             self.samples / max(self.wall_s, 1e-9), self.history,
+                             self.cfg.output, str(self.last_ckpt or "") or None,
                              self.resumed_from, self.notes + self.data.notes, self.d.world,
-                             str(self.d.device))
+                             str(self.d.device), self.log_rows)
         if self.d.is_main:
             extra = {"train": {"config": self.cfg.to_dict(), "metrics": metrics,
                                "steps": self.step, "density": result.density}}
             if self.cfg.output:
                 save_model(self.model, self.cfg.output, extra=extra)
-            if self.dir:
+            if self.dir:  # the log rows are in train_log.csv already
+                body = {k: v for k, v in asdict(result).items() if k != "log"}
                 atomic_write_text(self.dir / "results.json",
-                                  json.dumps({**asdict(result), "config": self.cfg.to_dict()},
+                                  json.dumps({**body, "config": self.cfg.to_dict()},
                                              indent=1, default=str))
         barrier(self.d)
         return result

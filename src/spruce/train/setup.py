@@ -71,6 +71,14 @@ def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
                    if p.requires_grad), key=lambda t: t[0])
 
 
+def attached_trainables(model: nn.Module, known: list[TrainableMask]) -> list[TrainableMask]:
+    """Trainable masks the caller attached before the run (``attach_learned``): they get
+    their regularizer and ``after_step`` like those ``prune_mode="during"`` attaches, and
+    stay attached at the end (the caller hardens them)."""
+    ids = {id(t) for t in known}
+    return [m for m in model.modules() if isinstance(m, TrainableMask) and id(m) not in ids]
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Weights decay; the parameters of trainable masks (gates, thresholds) do not."""
     mask_ids = {id(p) for m in model.modules() if isinstance(m, TrainableMask)

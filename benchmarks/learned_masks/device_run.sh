@@ -2,6 +2,7 @@
 # MiniLM learned-mask runs on a GPU machine with no network: the model files travel in
 # .minilm/ (the word-embedding rows no corpus sentence uses are zeroed, so the file gzips
 # under the transfer limit; every other tensor is byte-identical; see results.md).
+# Pack first (here): PYTHONPATH=src:. python benchmarks/learned_masks/pack_minilm.py; carry .minilm
 # Usage: bash benchmarks/learned_masks/device_run.sh OUTDIR "ARGS A" "ARGS B" ...
 # The first argument set also runs the baselines; the others run learned masks only.
 set -u

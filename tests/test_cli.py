@@ -1,6 +1,7 @@
 """The command line: info, prune, demo; bad input exits with a clear message."""
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import spruce
@@ -111,3 +112,35 @@ def test_convert_auto_writes_a_plan_and_plan_show_reads_it(tmp_path):
     (tmp_path / "junk.json").write_text("[]")
     bad = runner.invoke(app, ["plan", "show", str(tmp_path / "junk.json")])
     assert bad.exit_code == 2 and "corrupt" in bad.output
+
+
+def test_learn_mask_writes_hard_24_masks_and_curves(tmp_path):
+    """Frozen dense weights in, exact 2:4 masks out (the stem, K = 27, excluded), through
+    the training loop with its curves."""
+    pytest.importorskip("sklearn")
+    from spruce.learned import masks as _learned  # noqa: F401  (criterion "learned")
+    from spruce.masks import get_mask
+    from spruce.patterns import get_pattern
+    from spruce.train.models import TinyCNN
+    from spruce.view import to_view
+
+    dense = TinyCNN()
+    spruce.save(dense, tmp_path / "dense.safetensors")
+    out, logs = tmp_path / "learned.safetensors", tmp_path / "logs"
+    res = runner.invoke(app, ["learn-mask", "tiny_cnn", "--data", "digits", "--init",
+                              str(tmp_path / "dense.safetensors"), "--epochs", "1",
+                              "--batch-size", "128", "--hard", "--tau-schedule", "exp",
+                              "--image-size", "8", "-x", "features.0.0",
+                              "--checkpoint-dir", str(logs), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "learned 2:4 masks" in res.output and (logs / "curves.png").is_file()
+    model = spruce.load(out, TinyCNN())
+    vec = get_pattern("2:4")
+    masked = {n: m for n, m in model.named_modules() if get_mask(m) is not None}
+    assert set(masked) == {"features.1.0", "features.2.0", "fc1", "fc"}
+    for name, layer in masked.items():
+        mask = get_mask(layer)
+        assert vec.conforms(mask) is None and int(mask.sum()) * 2 == mask.numel(), name
+        w = spruce.masks.original_weight(layer)
+        torch.testing.assert_close(to_view(w), to_view(dict(dense.named_modules())[name]
+                                                       .weight), rtol=0, atol=0)

@@ -114,6 +114,18 @@ def test_convert_auto_writes_a_plan_and_plan_show_reads_it(tmp_path):
     assert bad.exit_code == 2 and "corrupt" in bad.output
 
 
+def test_plan_show_marks_probed_candidates(tmp_path):
+    from spruce.auto import LayerChoice, Plan
+    path = tmp_path / "plan.json"
+    Plan("cpu", "x", "fp32", {"fc": LayerChoice("fc", "k", [4, 8], [2, 8],
+                                                {"dense": 1.0, "csr": 9.5}, probed=["csr"])}
+         ).save(path)
+    shown = runner.invoke(app, ["plan", "show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "9.5*" in shown.output and "one probe call only" in shown.output
+    assert "1*" not in shown.output  # dense was timed in full
+
+
 def test_learn_mask_writes_hard_24_masks_and_curves(tmp_path):
     """Frozen dense weights in, exact 2:4 masks out (the stem, K = 27, excluded), through
     the training loop with its curves."""

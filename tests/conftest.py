@@ -13,6 +13,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Training runs set threads and deterministic mode; later tests get them back."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
 class SmallNet(nn.Module):
     """Conv (with a depthwise one) + Linear, small enough for fast CPU tests."""
 

@@ -15,14 +15,6 @@ from spruce.train.sparsity import Sparsifier
 FAST = dict(model="tiny_cnn", data="digits", threads=1, progress=False, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return data.load("digits")

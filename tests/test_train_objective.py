@@ -23,14 +23,6 @@ QUIET = dict(threads=1, progress=False, seed=0)
 MASKS = dict(**QUIET, optimizer="adamw", lr=0.05, momentum=0.9, weight_decay=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
 def mlp(seed: int = 1) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))

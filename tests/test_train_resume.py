@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,14 +22,6 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 RUN = dict(model="tiny_cnn", data="digits", epochs=3, lr=0.05, pattern="group", density=0.5,
            prune_mode="gradual", prune_every=4, checkpoint_every=5, keep_checkpoints=100,
            deterministic=True, threads=1, progress=False, seed=3)
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
 
 
 def _weights(path) -> dict[str, torch.Tensor]:

@@ -42,29 +42,23 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 ERRORS = (ValueError, RuntimeError, NotImplementedError)
 
 
-_INPUTS: list = [None, None]  # (the example, its two random batches)
-
-
-def model_ms(model, x, device, runs: int = 10) -> float:
-    """Median ms of ``model`` on two random batches shaped like ``x`` (drawn once per x)."""
-    if _INPUTS[0] is not x:
-        _INPUTS[:] = [x, make_inputs(x, n=2, device=device)]
-    inputs = _INPUTS[1]
-    call = (lambda v: model(**v)) if isinstance(x, dict) else model
+def model_ms(model, inputs: list, device, runs: int = 10) -> float:
+    """Median ms of ``model`` on ``inputs`` (random batches made once per model)."""
+    call = (lambda v: model(**v)) if isinstance(inputs[0], dict) else model
     return time_fn(call, inputs, device=device, warmup=2, min_runs=runs, min_time_s=0.1,
                    max_time_s=2.0).median_ms
 
 
-def paired_ms(dense, fast, x, device, rounds: int) -> tuple[float, float]:
+def paired_ms(dense, fast, inputs, device, rounds: int) -> tuple[float, float]:
     """Median over ``rounds`` of (dense, auto) medians taken one after the other."""
     d, a = [], []
     for _ in range(rounds):
-        d.append(model_ms(dense, x, device))
-        a.append(model_ms(fast, x, device))
+        d.append(model_ms(dense, inputs, device))
+        a.append(model_ms(fast, inputs, device))
     return statistics.median(d), statistics.median(a)
 
 
-def run_row(base, x, dense, name, pattern, kept, args, dev, dt, timing) -> dict:
+def run_row(base, x, inputs, dense, name, pattern, kept, args, dev, dt, timing) -> dict:
     kw, _, singles = PATTERNS[pattern]
     small = [n for n, m in prunable_layers(base)[0].items() if min(view_shape(m)) < 32]
     pruned = copy.deepcopy(base)
@@ -76,7 +70,7 @@ def run_row(base, x, dense, name, pattern, kept, args, dev, dt, timing) -> dict:
     for b in singles:
         try:
             fast = spruce.convert(pruned, b, dtype=dt, example_input=x)
-            row["single_ms"][b] = model_ms(fast, x, dev)
+            row["single_ms"][b] = model_ms(fast, inputs, dev)
         except ERRORS as e:
             row["errors"][b] = f"{type(e).__name__}: {str(e)[:160]}"
         finally:
@@ -86,7 +80,7 @@ def run_row(base, x, dense, name, pattern, kept, args, dev, dt, timing) -> dict:
     t0 = time.perf_counter()
     fast = spruce.convert(pruned, "auto", dtype=dt, example_input=x, timing=timing)
     row["auto_convert_s"] = time.perf_counter() - t0
-    row["dense_ms"], row["auto_ms"] = paired_ms(dense, fast, x, dev, args.rounds)
+    row["dense_ms"], row["auto_ms"] = paired_ms(dense, fast, inputs, dev, args.rounds)
     plan = fast.spruce_plan
     row["auto_choices"] = {}
     for c in plan.layers.values():
@@ -136,11 +130,13 @@ def main() -> None:
         x = spruce.zoo.example_input(name, ds, batch=args.batch)
         x = {k: v.to(dev) for k, v in x.items()} if isinstance(x, dict) else x.to(dev, dt)
         dense = spruce.convert(base, "dense", dtype=dt, verify=False)
+        inputs = make_inputs(x, n=2, device=dev)
         for pattern in args.patterns:
             for kept in PATTERNS[pattern][1]:
                 if args.kept and kept not in args.kept:
                     continue
-                row = run_row(base, x, dense, spec, pattern, kept, args, dev, dt, timing)
+                row = run_row(base, x, inputs, dense, spec, pattern, kept, args, dev, dt,
+                              timing)
                 rows.append(row)
                 with open(out, "w") as f:
                     json.dump({"device": spruce.bench.device_name(dev),

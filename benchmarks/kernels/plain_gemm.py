@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from spruce.kernels import groupwise_linear as gl
-from spruce.kernels.common import target
+from spruce.kernels.common import target, tile_ids
 
 
 @triton.jit
@@ -17,14 +17,7 @@ def plain_gemm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride
                       GROUP_M: tl.constexpr, PREFETCH: tl.constexpr, PAIRS: tl.constexpr):
     """``x @ w.T`` with contiguous K loads: the fused kernel minus its gather (diagnostic;
     PREFETCH and PAIRS are accepted and ignored)."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)

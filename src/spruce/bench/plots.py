@@ -72,6 +72,11 @@ def _finish(fig, ax, path: Path, values: list[float]) -> Path:
     if positive and max(positive) / min(positive) > 20:
         ax.set_yscale("log")   # CSR can be 100× dense: a linear axis would flatten the rest
     ax.grid(True, alpha=0.3)
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> Path:
+    """Legend outside on the right, then write and close the figure."""
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,9 +170,4 @@ def plot_steps(rows: list[dict], title: str, path: Path) -> Path:
     ax.set_ylabel("latency (ms, median)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)

@@ -71,6 +71,29 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
 
 
 @triton.jit
+def tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program: output tiles in groups of ``GROUP_M`` rows of tiles,
+    so consecutive programs share x rows and w columns in L2 (the Triton matmul tutorial)."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+def make_config(bm: int, bn: int, bk: int, stages: int, warps: int, prefetch: bool,
+                pairs: bool, group_m: int = 8) -> triton.Config:
+    """One autotuning point of the gather kernels (tile, pipeline depth, fetch mode)."""
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m,
+                          "PREFETCH": prefetch, "PAIRS": pairs},
+                         num_stages=stages, num_warps=warps)
+
+
+@triton.jit
 def apply_activation(acc, ACTIVATION: tl.constexpr):
     """0: identity, 1: ReLU, 2: GELU (erf form, as ``nn.GELU()``), on the fp32 tile."""
     if ACTIVATION == 1:

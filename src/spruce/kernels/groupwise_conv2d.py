@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 
 from .common import (
+    make_config,
+    tile_ids,
     K_MULTIPLE,
     activation_code,
     apply_activation,
@@ -90,14 +92,7 @@ def groupwise_conv2d_kernel(
         UPCAST: tl.constexpr, PREFETCH: tl.constexpr, PAIRS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_group) % group_size_m
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -156,9 +151,7 @@ def configs(target_name: str) -> list[triton.Config]:
     three ways to fetch the input (``groupwise_linear.FETCH_MODES``)."""
     def cfg(bm, bn, bk, stages, warps, prefetch, pairs, group_m=8):
         assert TAP_GROUP % bk == 0, "BLOCK_K must divide the tap group"
-        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m,
-                              "PREFETCH": prefetch, "PAIRS": pairs},
-                             num_stages=stages, num_warps=warps)
+        return make_config(bm, bn, bk, stages, warps, prefetch, pairs, group_m)
     if target_name == "interpret":
         return [cfg(16, 16, 16, 1, 1, False, False, group_m=2)]
     if target_name == "sm90":   # 16 warps: half the registers per thread, twice the warps

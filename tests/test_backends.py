@@ -108,6 +108,23 @@ def test_groupwise_fuzz_conv_shapes(c, o, k, stride, padding, density, bias):
     torch.testing.assert_close(module(x), reference(layer, mask, x), **FP32)
 
 
+@pytest.mark.parametrize("label,layer", LAYERS[2:], ids=[lbl for lbl, _ in LAYERS[2:]])
+def test_groupwise_whole_channels_run_as_a_smaller_conv(label, layer):
+    t = layer.weight[0, 0].numel()
+    pat = get_pattern("group", unit="channel").for_view(t)
+    mask = pat.compute_mask(torch.rand(layer.out_channels, layer.in_channels * t), 0.5)
+    module = get_backend("groupwise").from_masked(layer, mask)
+    assert module.layout == "channels"
+    assert torch.equal(module.channels, mask[0].reshape(-1, t)[:, 0].nonzero().flatten())
+    x = probe(layer)
+    torch.testing.assert_close(module(x), reference(layer, mask, x), **FP32)
+    split = mask.clone()
+    split[:, int(module.kept[0])] = False  # one tap of a kept channel: no longer whole
+    assert get_backend("groupwise").from_masked(layer, split).layout == "rows"
+    with pytest.raises(ValueError, match="needs whole input channels kept"):
+        get_backend("groupwise").from_masked(layer, split, layout="channels")
+
+
 def test_groupwise_serves_element_mask_with_zero_columns():
     layer = nn.Linear(16, 8)
     mask = torch.rand(8, 16) > 0.5

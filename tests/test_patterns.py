@@ -145,3 +145,25 @@ def test_conforms_detects_broken_structure():
     assert "partly kept" in get_pattern("group").conforms(mask)
     nm = get_pattern("2:4")
     assert "at most 2" in nm.conforms(torch.ones(2, 8, dtype=torch.bool))
+
+
+@SETTINGS
+@given(st.integers(1, 12), st.integers(1, 9), st.integers(1, 9), densities)
+def test_group_channel_unit_keeps_whole_channels(r, c, t, d):
+    pat = get_pattern("group", unit="channel").for_view(t)
+    mask = pat.compute_mask(scores_for((r, c * t)), d)
+    assert torch.equal(mask, mask[0].expand_as(mask)), "columns must be all-or-nothing"
+    per_channel = mask[0].reshape(c, t)
+    assert torch.equal(per_channel, per_channel[:, :1].expand_as(per_channel))
+    assert int(per_channel[:, 0].sum()) == kept_count(d, c)
+
+
+def test_group_unit_spec_round_trip_and_errors():
+    assert get_pattern("group").spec() == {"name": "group", "reduce": "sumsq"}
+    pat = get_pattern("group", unit="channel")
+    assert pat.spec() == {"name": "group", "reduce": "sumsq", "unit": "channel"}
+    assert get_pattern(pat.spec()) == pat and get_pattern("group").for_view(9).taps == 1
+    with pytest.raises(ValueError, match="group unit must be one of column, channel"):
+        get_pattern("group", unit="tap")
+    with pytest.raises(ValueError, match="not a multiple of 9 taps"):
+        pat.for_view(9).compute_mask(scores_for((4, 20)), 0.5)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import spruce
-from spruce.masks import get_mask, original_weight
+from spruce.masks import get_mask, masked_layers, original_weight
 from spruce.patterns import kept_count
 
 PATTERNS = [("element", 0.5, {}), ("2:4", None, {}), ("block", 0.5, {"block": (2, 4)}),
@@ -165,3 +165,16 @@ def test_no_prunable_layers_lists_types():
     model = nn.Sequential(nn.ReLU(), nn.LayerNorm(4))
     with pytest.raises(ValueError, match="module types found: ReLU, LayerNorm"):
         spruce.prune(model, "element", 0.5)
+
+
+def test_group_channel_unit_prunes_whole_conv_input_channels():
+    net = spruce.zoo.build("resnet18", "cifar10", seed=0)
+    report = spruce.prune(net, "group", 0.5, exclude=["fc"], unit="channel")
+    assert {r.pattern for r in report.rows} == {"group (channel)"}
+    for name, layer in masked_layers(net).items():
+        mask = get_mask(layer)
+        c = layer.in_channels
+        per_channel = mask[0].reshape(c, -1)
+        assert torch.equal(mask, mask[0].expand_as(mask)), name
+        assert torch.equal(per_channel, per_channel[:, :1].expand_as(per_channel)), name
+        assert int(per_channel[:, 0].sum()) == kept_count(0.5, c), name

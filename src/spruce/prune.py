@@ -19,7 +19,7 @@ from .criteria import Criterion, Taylor, get_criterion
 from .masks import attach, get_mask
 from .patterns import Pattern, get_pattern
 from .patterns.base import check_density
-from .view import Skipped, layer_view, module_types, prunable_layers, view_shape
+from .view import Skipped, layer_view, module_types, prunable_layers, taps, view_shape
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ def pattern_label(p: Pattern) -> str:
         return f"{spec['n']}:{spec['m']}"
     if spec["name"] == "block":
         return f"block {spec['block'][0]}x{spec['block'][1]}"
+    if spec.get("unit", "column") != "column":
+        return f"{spec['name']} ({spec['unit']})"
     return spec["name"]
 
 
@@ -117,10 +119,10 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
         raise ValueError("no prunable layers (nn.Linear / nn.Conv2d with groups=1) in the "
                          f"model; module types found: {', '.join(module_types(model))}")
     _check_weights(layers)
-    patterns = {name: pat for name in layers}
+    patterns = {name: pat.for_view(taps(layer)) for name, layer in layers.items()}
     for name in layers:
         try:
-            pat.check_shape(view_shape(layers[name]))
+            patterns[name].check_shape(view_shape(layers[name]))
         except ValueError as e:
             raise ValueError(f"layer '{name}': {e}") from None
 

@@ -32,6 +32,14 @@ def view_shape(layer: nn.Module) -> tuple[int, int]:
     return int(w.shape[0]), int(w[0].numel())
 
 
+def taps(layer: nn.Module) -> int:
+    """Columns of the view per input channel: ``kh·kw`` for a Conv2d, 1 for a Linear.
+
+    Columns ``c·taps … (c+1)·taps - 1`` of the view are input channel ``c``.
+    """
+    return int(layer.weight[0, 0].numel()) if layer.weight.dim() > 2 else 1
+
+
 def to_view(weight: torch.Tensor) -> torch.Tensor:
     """Weight (any rank >= 2, output dim first) → its 2-D view (a view, no copy)."""
     return weight.reshape(weight.shape[0], -1)

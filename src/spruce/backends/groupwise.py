@@ -12,6 +12,9 @@ Two layouts for the gather (the paper's Fig. 6):
   strided reads.
 ``layout="auto"`` takes ``"rows"`` for a conv (unfold already yields K-major rows) and
 ``"cols"`` for a linear (its input is K-minor; the transposed form costs two transposes).
+A conv whose kept columns are whole input channels (the group pattern with
+``unit="channel"``) takes ``"channels"``: gather the kept channels of the input and run
+a dense convolution on them — no im2col.
 Any mask with all-zero columns can use this backend; entries pruned inside kept columns
 stay as zeros in the compacted weight.
 """
@@ -25,9 +28,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Backend, masked_weight, register
+from ..view import taps
 from .im2col import ConvGeom, conv_reason
 
-LAYOUTS = ("rows", "cols")
+LAYOUTS = ("rows", "cols", "channels")
+
+
+def whole_channels(kept: torch.Tensor, taps: int) -> torch.Tensor | None:
+    """The input channels whose every tap is kept, if ``kept`` is exactly those; else None."""
+    if kept.numel() % taps:
+        return None
+    grid = kept.reshape(-1, taps)
+    first = grid[:, :1]
+    if not ((first % taps == 0).all() and (grid == first + torch.arange(taps)).all()):
+        return None
+    return first.flatten() // taps
 
 
 def kept_columns(weight_view: torch.Tensor, mask: torch.Tensor | None, groups_from: str
@@ -76,8 +91,17 @@ class GroupwiseConv2d(nn.Module):
         self.register_buffer("kept", kept.to(weight.device))  # (Kc,)
         self.register_buffer("weight", weight.contiguous())  # (O, Kc)
         self.register_buffer("bias", None if bias is None else bias.detach().clone()[:, None])
+        taps = geom.kernel_size[0] * geom.kernel_size[1]
+        self.register_buffer("channels", self.kept[::taps].div(taps, rounding_mode="floor")
+                             if layout == "channels" else None)  # (Kc / taps,) kept channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
+        if self.layout == "channels":
+            g = self.geom
+            w = self.weight.reshape(g.out_channels, -1, *g.kernel_size)
+            return F.conv2d(x.index_select(1, self.channels), w,
+                            None if self.bias is None else self.bias[:, 0], g.stride,
+                            g.padding, g.dilation)
         cols = self.geom.unfold(x)  # (B, K, L)
         if self.layout == "rows":
             y = self.weight @ cols.index_select(1, self.kept)  # (B, O, L)
@@ -126,8 +150,16 @@ class Groupwise(Backend):
         compact = w.index_select(1, kept.to(w.device))
         bias = layer.bias
         if isinstance(layer, nn.Conv2d):
+            channels = whole_channels(kept, taps(layer))
+            if layout == "auto":
+                layout = "rows" if channels is None else "channels"
+            if layout == "channels" and channels is None:
+                raise ValueError("layout='channels' needs whole input channels kept (prune "
+                                 "with the group pattern's unit='channel'); use layout='auto'")
             return GroupwiseConv2d(compact, kept, bias, ConvGeom.of(layer), layer.in_channels,
-                                   "rows" if layout == "auto" else layout)
+                                   layout)
+        if layout == "channels":
+            raise ValueError("layout='channels' is for Conv2d; a Linear takes 'rows' or 'cols'")
         return GroupwiseLinear(compact, kept, bias, layer.in_features,
                                "cols" if layout == "auto" else layout)
 

@@ -60,6 +60,11 @@ class Pattern:
     def check_shape(self, shape: tuple[int, int]) -> None:
         """Raise ValueError if the pattern cannot apply to a view of ``shape``."""
 
+    def for_view(self, taps: int) -> Pattern:
+        """The pattern for one layer whose view has ``taps`` columns per input channel
+        (``spruce.view.taps``). Most patterns ignore it and return themselves."""
+        return self
+
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "reduce": self.reduce}
 

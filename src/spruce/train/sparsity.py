@@ -27,7 +27,7 @@ from ..criteria import get_criterion
 from ..masks import attach, mask_module, masked_layers, original_weight
 from ..patterns import get_pattern
 from ..prune import PruneReport, prune
-from ..view import prunable_layers, view_shape
+from ..view import prunable_layers, taps, view_shape
 from .config import TrainConfig
 from .schedule import density_at, prune_steps
 
@@ -110,7 +110,7 @@ class Sparsifier:
         layers, _ = prunable_layers(model, self.cfg.exclude)
         for name, layer in layers.items():
             try:
-                self.pattern.check_shape(view_shape(layer))
+                self.pattern.for_view(taps(layer)).check_shape(view_shape(layer))
             except ValueError as e:
                 raise ValueError(f"layer '{name}': {e}") from None
             if mask_module(layer) is None:
@@ -123,7 +123,7 @@ class Sparsifier:
         spec, out = self.pattern.spec(), []
         for layer in layers.values():
             shape = view_shape(layer)
-            ids, n_groups = self.pattern.group_ids(shape)
+            ids, n_groups = self.pattern.for_view(taps(layer)).group_ids(shape)
             param = self.criterion.parametrization(tuple(layer.weight.shape), spec, ids,
                                                    n_groups)
             param.to(original_weight(layer).device)  # made from shapes, on the CPU

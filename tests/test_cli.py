@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 import spruce
 from spruce.cli import app
 from spruce.io import read_header
+from spruce.masks import get_mask
 
 runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich does not cut names
 
@@ -38,8 +39,21 @@ def test_prune_block_option():
     assert "block 4x4" in res.output
 
 
+def test_prune_group_channel_unit_round_trips(tmp_path):
+    out = tmp_path / "r18.safetensors"
+    res = runner.invoke(app, ["prune", "resnet18", "--dataset", "cifar10", "-p", "group",
+                              "--unit", "channel", "-d", "0.5", "-x", "fc", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "group (channel)" in res.output
+    model = spruce.load(out, spruce.zoo.build("resnet18", "cifar10", seed=3))
+    mask = get_mask(model.layer2[0].conv2)  # 128 input channels × 9 taps
+    assert torch.equal(mask[0].reshape(128, 9), mask[0].reshape(128, 9)[:, :1].expand(128, 9))
+    assert int(mask[0].sum()) == 64 * 9
+
+
 @pytest.mark.parametrize("args,message", [
     (["prune", "resnet18", "-p", "hexagon", "-d", "0.5"], "unknown pattern"),
+    (["prune", "resnet18", "-p", "group", "--unit", "tap", "-d", "0.5"], "group unit"),
     (["prune", "resnet18", "-p", "element", "-d", "1.5"], "(0, 1]"),
     (["prune", "nosuchnet", "-d", "0.5"], "unknown model"),
     (["prune", "resnet18", "-c", "taylor", "-d", "0.5"], "calibration data"),

@@ -54,6 +54,8 @@ def prune_cmd(
                                   help="magnitude | lamp | random (taylor needs data: API)"),
     scope: str = typer.Option("uniform", "--scope", "-s", help="uniform | global | lamp"),
     block: str = typer.Option("8x8", help="block shape bo×bk for --pattern block"),
+    unit: str = typer.Option("column", help="--pattern group: 'column' (one (c, kh, kw) tap) "
+                             "or 'channel' (every tap of an input channel)"),
     exclude: list[str] = typer.Option([], "--exclude", "-x", help="module-name glob to skip"),
     dataset: str = typer.Option(None, help="zoo variant (default: imagenet / qqp)"),
     seed: int = typer.Option(0, help="seed for the zoo model's initialisation"),
@@ -63,7 +65,7 @@ def prune_cmd(
     try:
         net = load_model(model, dataset, seed)
         kwargs = {"block": tuple(int(v) for v in block.lower().split("x"))} \
-            if pattern == "block" else {}
+            if pattern == "block" else {"unit": unit} if pattern == "group" else {}
         report = prune(net, pattern, density, criterion, scope, exclude, **kwargs)
     except ValueError as e:
         fail(str(e))

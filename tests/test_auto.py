@@ -38,6 +38,28 @@ def test_auto_picks_among_cpu_backends_and_matches_dense(pruned):
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_example_is_timed_in_channels_last(pruned, monkeypatch):
+    model, x = pruned
+    seen: dict[str, bool] = {}
+    real = auto._time
+
+    def spy(fn, example, dtype, device, timing, probe=False, inputs=None):
+        if isinstance(example, tuple) and len(example) == 4:  # a conv layer's candidates
+            seen[type(fn).__name__] = inputs[0].is_contiguous(memory_format=torch.channels_last)
+        return real(fn, example, dtype, device, timing, probe, inputs)
+    monkeypatch.setattr(auto, "_time", spy)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    fast = spruce.convert(model, "auto", example_input=cl, timing=FAST)
+    assert seen and all(seen.values())
+    assert all(c.key.endswith("channels_last") for n, c in fast.spruce_plan.layers.items()
+               if n.startswith("conv"))
+    seen.clear()
+    spruce.convert(model, "auto", example_input=x, timing=FAST)
+    assert seen and not any(seen.values())
+    inputs = spruce.bench.make_inputs(cl, n=2)
+    assert all(i.is_contiguous(memory_format=torch.channels_last) for i in inputs)
+
+
 def test_pick_needs_the_margin():
     assert pick({"dense": 1.0, "groupwise": 0.97}, margin=0.05) == "dense"
     assert pick({"dense": 1.0, "groupwise": 0.90, "csr": 2.0}, margin=0.05) == "groupwise"

@@ -109,7 +109,8 @@ def mask_fingerprint(mask: torch.Tensor | None) -> str:
 def layer_key(env: dict[str, str], t: Target) -> str:
     shape = list(t.input_shape) if t.input_shape is not None else None
     return "|".join([env["device_name"], env["torch"], env["dtype"], type(t.layer).__name__,
-                     str(list(t.layer.weight.shape)), str(shape), mask_fingerprint(t.mask)])
+                     str(list(t.layer.weight.shape)), str(shape), mask_fingerprint(t.mask)]
+                    + (["channels_last"] if t.channels_last else []))
 
 
 def candidates(t: Target, dtype: torch.dtype, device: torch.device,
@@ -144,15 +145,19 @@ def _time(fn, example: Any, dtype: torch.dtype, device: torch.device, timing: Au
 _INPUT_CACHE_BYTES = 2 << 30
 
 
-def _inputs_for(cache: dict[tuple, list], shape: tuple, dtype, device) -> list:
-    """Random inputs of ``shape``, drawn once per shape (several layers share one); the
-    oldest shapes are dropped past 2 GiB."""
-    if shape not in cache:
-        cache[shape] = make_inputs(shape, dtype=dtype, device=device)
+def _inputs_for(cache: dict[tuple, list], shape: tuple, dtype, device,
+                channels_last: bool = False) -> list:
+    """Random inputs of ``shape`` (in the layout the layer saw), drawn once per shape
+    (several layers share one); the oldest shapes are dropped past 2 GiB."""
+    key = (shape, channels_last)
+    if key not in cache:
+        cache[key] = make_inputs(shape, dtype=dtype, device=device)
+        if channels_last:
+            cache[key] = [x.contiguous(memory_format=torch.channels_last) for x in cache[key]]
         while len(cache) > 1 and sum(x.numel() * x.element_size() for b in cache.values()
                                      for x in b) > _INPUT_CACHE_BYTES:
             del cache[next(iter(cache))]
-    return cache[shape]
+    return cache[key]
 
 
 def _measure(t: Target, choice: LayerChoice, dtype, device, options, timing: AutoTiming,
@@ -246,7 +251,8 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
             modules[t.name] = build_module(Dense, t, options)
         else:
             built = _measure(t, choice, dtype, device, options, timing, margin,
-                             _inputs_for(inputs, tuple(t.input_shape), dtype, device))
+                             _inputs_for(inputs, tuple(t.input_shape), dtype, device,
+                                         t.channels_last))
             modules[t.name] = built[choice.choice]
             measured = True
         result.layers[t.name] = choice

@@ -79,13 +79,17 @@ def cast_input(example: Any, dtype: torch.dtype, device: torch.device) -> Any:
 
 
 def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
-                         ) -> dict[str, torch.Size]:
-    """Input shape seen by each named layer in one forward pass of ``example_input``."""
-    shapes: dict[str, torch.Size] = {}
+                         ) -> dict[str, tuple[torch.Size, bool]]:
+    """(input shape, channels-last?) seen by each named layer in one forward pass of
+    ``example_input``."""
+    shapes: dict[str, tuple[torch.Size, bool]] = {}
 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            shapes.setdefault(name, args[0].shape)
+            x = args[0]
+            cl = x.dim() == 4 and not x.is_contiguous() and \
+                x.is_contiguous(memory_format=torch.channels_last)
+            shapes.setdefault(name, (x.shape, cl))
         return hook
 
     hooks = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names_]
@@ -142,6 +146,7 @@ class Target:
     mask: torch.Tensor | None  # 2-D view, CPU; None: found from zeros / all kept
     patterns: list[str]
     input_shape: torch.Size | None  # from example_input, when given
+    channels_last: bool = False  # the example input reached the layer in channels-last
 
 
 def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
@@ -165,7 +170,7 @@ def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
         mask = get_mask(layer)
         targets.append(Target(name, unparametrized(layer),
                               None if mask is None else mask.detach().cpu(),
-                              _pattern_names(layer), shapes.get(name)))
+                              _pattern_names(layer), *shapes.get(name, (None, False))))
     return new, device, dtype, targets
 
 

@@ -99,7 +99,10 @@ class GroupwiseConv2d(nn.Module):
         if self.layout == "channels":
             g = self.geom
             w = self.weight.reshape(g.out_channels, -1, *g.kernel_size)
-            return F.conv2d(x.index_select(1, self.channels), w,
+            xs = x.index_select(1, self.channels)
+            if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+                xs = xs.contiguous(memory_format=torch.channels_last)  # keep cuDNN's NHWC path
+            return F.conv2d(xs, w,
                             None if self.bias is None else self.bias[:, 0], g.stride,
                             g.padding, g.dilation)
         cols = self.geom.unfold(x)  # (B, K, L)

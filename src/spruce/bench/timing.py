@@ -254,7 +254,8 @@ def make_inputs(shape_or_example, n: int | None = None, *, dtype: torch.dtype | 
     """``n`` distinct random input buffers shaped like ``shape_or_example``.
 
     - a shape (tuple/list/``torch.Size``): standard-normal tensors (``dtype`` default fp32);
-    - a tensor: the same shape, dtype and device; integer tensors get token ids;
+    - a tensor: the same shape, dtype, device and memory format (channels-last stays so);
+      integer tensors get token ids;
     - a dict (HF models: ``input_ids``, ``attention_mask``, ...): dicts of the same keys and
       shapes; ``*_ids`` entries (bar ``token_type_ids``) get ids in ``[1000, vocab)``, float
       entries standard normal, other entries (masks, token types) are copied.
@@ -297,6 +298,9 @@ def _random_like(t: torch.Tensor, gen: torch.Generator, vocab: int, device: torc
     """Drawn on the CPU (the same numbers on every device), then moved."""
     if t.is_floating_point():
         x = torch.randn(t.shape, generator=gen, dtype=torch.float32)
+        if t.device.type != "meta" and t.dim() == 4 and not t.is_contiguous() and \
+                t.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # the layout the model sees
     elif is_ids:
         if vocab <= 1000:
             raise ValueError(f"make_inputs: token ids are drawn from [1000, vocab); vocab={vocab}")

@@ -335,3 +335,40 @@ def test_gpu_convert_small_net(small_net, small_input, dtype, monkeypatch):
     used = {r.name: r.backend for r in fast.spruce_report.rows}
     assert used["conv1"] == used["fc1"] == "groupwise_fused"
     assert all(r.rel_error is not None for r in fast.spruce_report.rows)
+
+
+def _gather_case(m, k, kc, dtype, device):
+    g = torch.Generator().manual_seed(m * 131 + k)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    kept = torch.randperm(k, generator=g)[:kc].sort().values
+    return x.to(device), kept.to(device)
+
+
+@interpreter
+@pytest.mark.parametrize("m,k,kc", [(1, 1, 1), (37, 100, 51), (70, 300, 299), (5, 513, 17)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_columns_exact(m, k, kc, dtype):
+    from spruce.kernels.gather import gather_columns
+    x, kept = _gather_case(m, k, kc, dtype, "cpu")
+    assert torch.equal(gather_columns(x, kept, blocks=(16, 32, 1)), x[:, kept])
+    wide = torch.randn(m, k + 9).to(dtype)[:, 3:k + 3]  # a row stride that is not k
+    assert torch.equal(gather_columns(wide, kept.int(), blocks=(8, 64, 1)), wide[:, kept])
+
+
+@interpreter
+def test_gather_columns_rejects_bad_input():
+    from spruce.kernels.gather import gather_columns
+    x, kept = _gather_case(4, 8, 3, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="unit column stride"):
+        gather_columns(x.t(), kept)
+    with pytest.raises(ValueError, match="1-D int32/int64"):
+        gather_columns(x, kept.float())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_columns_gpu(dtype):
+    from spruce.kernels.gather import gather_columns
+    for m, k, kc in ((8192, 3072, 1536), (1000, 768, 191), (3, 70, 9)):
+        x, kept = _gather_case(m, k, kc, dtype, "cuda")
+        assert torch.equal(gather_columns(x, kept), x[:, kept])

@@ -124,7 +124,8 @@ def main() -> None:
     out = os.environ.get("OUT", ".")
     with open(os.path.join(out, "compact.json"), "w") as f:
         device = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
-        json.dump({"device": device, "torch": torch.__version__, "rows": rows, "compaction": reports}, f, indent=1)
+        json.dump({"device": device, "torch": torch.__version__, "rows": rows,
+                   "compaction": reports}, f, indent=1)
     print("| model | pattern | variant | CL | graph | dense ms | ms | ratio | err |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -186,8 +186,8 @@ class _Plan:
         for name in dict.fromkeys([*self.keep_out, *self.keep_in]):
             keep_out = self.keep_out.get(name)
             norm = self.folds.get(name)
-            affine = None if norm is None else [t.index_select(0, keep_out) for t in
-                                                norm_affine(new.get_submodule(norm))]
+            affine = None if norm is None else [t.index_select(0, keep_out.to(t.device))
+                                                for t in norm_affine(new.get_submodule(norm))]
             set_submodule(new, name, slice_layer(new.get_submodule(name), keep_out,
                                                  self.keep_in.get(name), affine))
         for name, keep in self.norms.items():

@@ -118,6 +118,10 @@ def test_groupwise_whole_channels_run_as_a_smaller_conv(label, layer):
     assert torch.equal(module.channels, mask[0].reshape(-1, t)[:, 0].nonzero().flatten())
     x = probe(layer)
     torch.testing.assert_close(module(x), reference(layer, mask, x), **FP32)
+    cl = x.contiguous(memory_format=torch.channels_last)  # gathered as an (N·H·W, C) matrix
+    out = module(cl)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference(layer, mask, x), **FP32)
     split = mask.clone()
     split[:, int(module.kept[0])] = False  # one tap of a kept channel: no longer whole
     assert get_backend("groupwise").from_masked(layer, split).layout == "rows"
@@ -249,6 +253,23 @@ def test_backends_on_cuda(backend, pattern, dtype):
         x = probe(layer, dtype).cuda()
         ref = reference(copy.deepcopy(layer).double(), mask, x.double().cpu())
         torch.testing.assert_close(module(x).double().cpu(), ref, **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_whole_channel_convs_on_cuda_both_layouts(dtype):
+    tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.float32 else LOW
+    for _, layer in LAYERS[2:]:
+        t = layer.weight[0, 0].numel()
+        pat = get_pattern("group", unit="channel").for_view(t)
+        mask = pat.compute_mask(torch.rand(layer.out_channels, layer.in_channels * t), 0.5)
+        module = get_backend("groupwise").from_masked(copy.deepcopy(layer).to("cuda", dtype),
+                                                      mask)
+        assert module.layout == "channels"
+        x = probe(layer, dtype).cuda()
+        ref = reference(copy.deepcopy(layer).double(), mask, x.double().cpu())
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            torch.testing.assert_close(module(inp).double().cpu(), ref, **tol)
 
 
 @pytest.mark.gpu

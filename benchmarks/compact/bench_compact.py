@@ -46,8 +46,8 @@ def backends_used(model) -> dict[str, int]:
     """How many layers run on each backend (layout in brackets); plain layers are dense."""
     used = Counter()
     for mod in model.modules():
-        if hasattr(mod, "config") and "backend" in getattr(mod, "config", lambda: {})():
-            c = mod.config()
+        c = mod.config() if callable(getattr(mod, "config", None)) else None
+        if isinstance(c, dict) and "backend" in c:
             used[c["backend"] + (f"[{c['layout']}]" if "layout" in c else "")] += 1
         elif isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
             used["dense"] += 1

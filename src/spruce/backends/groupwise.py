@@ -122,9 +122,15 @@ class GroupwiseConv2d(nn.Module):
         if self.layout == "channels":
             g = self.geom
             w = self.weight.reshape(g.out_channels, -1, *g.kernel_size)
-            xs = x.index_select(1, self.channels)
-            if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-                xs = xs.contiguous(memory_format=torch.channels_last)  # keep cuDNN's NHWC path
+            if x.dim() == 4 and not x.is_contiguous() and \
+                    x.is_contiguous(memory_format=torch.channels_last):
+                # NHWC in memory: the channels are the columns of an (N·H·W, C) matrix; the
+                # gathered input stays channels-last (cuDNN's fast path)
+                n, c, h, wd = x.shape
+                xs = gather_last(x.permute(0, 2, 3, 1).reshape(-1, c), self.channels)
+                xs = xs.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
+            else:
+                xs = x.index_select(1, self.channels)
             return F.conv2d(xs, w,
                             None if self.bias is None else self.bias[:, 0], g.stride,
                             g.padding, g.dilation)

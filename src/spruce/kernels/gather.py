@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .common import check_device, gather_flat
 
-BLOCKS = (16, 512, 8)   # BLOCK_M, BLOCK_K, num_warps: best or within 3% on the H100 (gather_probe.py)
+BLOCKS = (16, 512, 8)  # BLOCK_M, BLOCK_K, num_warps: best or within 3% on the H100 (gather_probe)
 
 
 @triton.jit

@@ -372,3 +372,12 @@ def test_gather_columns_gpu(dtype):
     for m, k, kc in ((8192, 3072, 1536), (1000, 768, 191), (3, 70, 9)):
         x, kept = _gather_case(m, k, kc, dtype, "cuda")
         assert torch.equal(gather_columns(x, kept), x[:, kept])
+
+
+def test_gather_blocks_keep_tiles_full():
+    from spruce.kernels.gather import BLOCKS, blocks_for
+    assert blocks_for(5000) == BLOCKS
+    for kc in (1, 20, 32, 300):
+        bm, bk, _ = blocks_for(kc)
+        assert bk >= kc or bk == BLOCKS[1]
+        assert bm * bk == BLOCKS[0] * BLOCKS[1] and bk <= 2 * max(kc, 16)

@@ -18,6 +18,16 @@ from .common import check_device, gather_flat
 BLOCKS = (16, 512, 8)  # BLOCK_M, BLOCK_K, num_warps: best or within 3% on the H100 (gather_probe)
 
 
+def blocks_for(kc: int) -> tuple[int, int, int]:
+    """``BLOCKS``, narrowed for few kept columns so a tile still moves 8192 elements (a
+    channel gather of 32 of 64 channels would otherwise leave 15/16 of the lanes idle)."""
+    bm, bk, warps = BLOCKS
+    if kc >= bk:
+        return BLOCKS
+    bk = max(16, triton.next_power_of_2(kc))
+    return bm * BLOCKS[1] // bk, bk, warps
+
+
 @triton.jit
 def _gather_columns_kernel(x_ptr, kept_ptr, out_ptr, M, KC, stride_xm, stride_om,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -34,8 +44,9 @@ def _gather_columns_kernel(x_ptr, kept_ptr, out_ptr, M, KC, stride_xm, stride_om
 
 
 def gather_columns(x: torch.Tensor, kept: torch.Tensor, out: torch.Tensor | None = None,
-                   blocks: tuple[int, int, int] = BLOCKS) -> torch.Tensor:
-    """``x[:, kept]`` for a 2-D ``x`` with unit column stride and int32/int64 ``kept``."""
+                   blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """``x[:, kept]`` for a 2-D ``x`` with unit column stride and int32/int64 ``kept``
+    (``blocks``: BLOCK_M, BLOCK_K, num_warps; default ``blocks_for(len(kept))``)."""
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"gather_columns: x must be 2-D with unit column stride; got shape "
                          f"{tuple(x.shape)} strides {x.stride()} (call .contiguous())")
@@ -49,7 +60,7 @@ def gather_columns(x: torch.Tensor, kept: torch.Tensor, out: torch.Tensor | None
     elif out.shape != (m, kc) or out.stride(1) != 1 or out.dtype != x.dtype:
         raise ValueError(f"gather_columns: out must be ({m}, {kc}) {x.dtype} with unit "
                          f"column stride; got {tuple(out.shape)} {out.dtype}")
-    bm, bk, warps = blocks
+    bm, bk, warps = blocks or blocks_for(kc)
     if m and kc:
         grid = (triton.cdiv(m, bm), triton.cdiv(kc, bk))
         _gather_columns_kernel[grid](x, kept, out, m, kc, x.stride(0), out.stride(0),

@@ -110,6 +110,12 @@ def available() -> list[dict[str, Any]]:
     return rows
 
 
+def channels_last(x: torch.Tensor) -> bool:
+    """Whether a 4-D tensor is laid out NHWC in memory (and not also plain contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and \
+        x.is_contiguous(memory_format=torch.channels_last)
+
+
 def masked_weight(layer: nn.Module, mask: torch.Tensor | None) -> torch.Tensor:
     """The layer's weight with ``mask`` (2-D view) applied, in the layer's shape."""
     w = layer.weight.detach()

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..masks import get_mask, mask_info, masked_layers, set_submodule, unparametrized
 from ..view import prunable_layers
-from .base import Backend, dtype_name, get_backend, names
+from .base import Backend, channels_last, dtype_name, get_backend, names
 from .dense import Dense
 
 
@@ -86,10 +86,7 @@ def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            cl = x.dim() == 4 and not x.is_contiguous() and \
-                x.is_contiguous(memory_format=torch.channels_last)
-            shapes.setdefault(name, (x.shape, cl))
+            shapes.setdefault(name, (args[0].shape, channels_last(args[0])))
         return hook
 
     hooks = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names_]

@@ -29,22 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backend, masked_weight, register
+from .base import Backend, channels_last, masked_weight, register
 from ..view import taps
 from .im2col import ConvGeom, conv_reason
 
 LAYOUTS = ("rows", "cols", "channels")
 
 
-def whole_channels(kept: torch.Tensor, taps: int) -> torch.Tensor | None:
-    """The input channels whose every tap is kept, if ``kept`` is exactly those; else None."""
+def whole_channels(kept: torch.Tensor, taps: int) -> bool:
+    """Whether ``kept`` (sorted view columns) is every tap of some input channels."""
     if kept.numel() % taps:
-        return None
+        return False
     grid = kept.reshape(-1, taps)
     first = grid[:, :1]
-    if not ((first % taps == 0).all() and (grid == first + torch.arange(taps)).all()):
-        return None
-    return first.flatten() // taps
+    return bool((first % taps == 0).all() and (grid == first + torch.arange(taps)).all())
 
 
 @functools.cache
@@ -128,8 +126,7 @@ class GroupwiseConv2d(nn.Module):
         if self.layout == "channels":
             g = self.geom
             w = self.weight.reshape(g.out_channels, -1, *g.kernel_size)
-            if x.dim() == 4 and not x.is_contiguous() and \
-                    x.is_contiguous(memory_format=torch.channels_last):
+            if channels_last(x):
                 # NHWC in memory: the channels are the columns of an (N·H·W, C) matrix; the
                 # gathered input stays channels-last (cuDNN's fast path)
                 n, c, h, wd = x.shape
@@ -188,10 +185,10 @@ class Groupwise(Backend):
         compact = w.index_select(1, kept.to(w.device))
         bias = layer.bias
         if isinstance(layer, nn.Conv2d):
-            channels = whole_channels(kept, taps(layer))
+            whole = whole_channels(kept, taps(layer))
             if layout == "auto":
-                layout = "rows" if channels is None else "channels"
-            if layout == "channels" and channels is None:
+                layout = "channels" if whole else "rows"
+            if layout == "channels" and not whole:
                 raise ValueError("layout='channels' needs whole input channels kept (prune "
                                  "with the group pattern's unit='channel'); use layout='auto'")
             return GroupwiseConv2d(compact, kept, bias, ConvGeom.of(layer), layer.in_channels,

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch.utils import benchmark
 
+from ..backends.base import channels_last
+
 MAX_RUNS = 10_000          # a cap on samples, for calls of a few µs under a long min_time_s
 CAPPED_MIN_RUNS = 3        # samples kept at least when max_time_s cuts a slow case short
 _MIN_SAMPLE_S = 10e-6      # CPU calls faster than this are timed in groups
@@ -298,8 +300,7 @@ def _random_like(t: torch.Tensor, gen: torch.Generator, vocab: int, device: torc
     """Drawn on the CPU (the same numbers on every device), then moved."""
     if t.is_floating_point():
         x = torch.randn(t.shape, generator=gen, dtype=torch.float32)
-        if t.device.type != "meta" and t.dim() == 4 and not t.is_contiguous() and \
-                t.is_contiguous(memory_format=torch.channels_last):
+        if t.device.type != "meta" and channels_last(t):
             x = x.contiguous(memory_format=torch.channels_last)  # the layout the model sees
     elif is_ids:
         if vocab <= 1000:

@@ -79,6 +79,17 @@ def test_unknown_preset_model_pattern_list_the_valid_ones(tmp_path):
     assert not any(tmp_path.iterdir())   # nothing created before the input is checked
 
 
+def test_pattern_and_layer_overrides_narrow_the_study(tmp_path):
+    with pytest.raises(ValueError, match="unknown pattern 'diagonal'"):
+        characterize(TINY, tmp_path / "bad", patterns=["diagonal"], layers=False)
+    assert not any(tmp_path.iterdir())
+    res = characterize(TINY, tmp_path / "g", patterns=["group"], layers=False, progress=False)
+    assert {r.kind for r in res.records} == {"model"}
+    assert {r.pattern for r in res.records} == {None, "group"}
+    assert {r.density for r in res.records if r.pattern == "group"} == set(TINY.densities)
+    assert (res.output_dir / "report.md").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_preset_without_cuda_suggests_cpu(tmp_path):
     with pytest.raises(ValueError, match="no CUDA.*--device cpu"):
@@ -190,6 +201,13 @@ def test_cli_characterize_prints_headline_and_report(tmp_path, monkeypatch):
     assert "report.md" in res.output.replace("\n", "")
     res = runner.invoke(_app(), ["characterize", "-p", "tiny", "-o", str(tmp_path / "c")])
     assert res.exit_code == 2 and "--overwrite" in res.output
+    monkeypatch.setitem(char_module.PRESETS, "tiny-models", TINY)
+    res = runner.invoke(_app(), ["characterize", "-p", "tiny-models", "-o", str(tmp_path / "d"),
+                                 "--pattern", "channel", "--no-layers"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert {(r["kind"], r["pattern"]) for r in data["records"]} == {
+        ("model", None), ("model", "channel")}
     res = runner.invoke(_app(), ["characterize", "-p", "gpu", "-o", str(tmp_path / "g")])
     if not torch.cuda.is_available():
         assert res.exit_code == 2 and "--device cpu" in res.output

@@ -130,14 +130,21 @@ def get_preset(preset: str | Preset) -> Preset:
 def characterize(preset: str | Preset, output_dir: str | Path, device: str | None = None,
                  dtype: str | None = None, overwrite: bool = False,
                  models: Sequence[str] | None = None, threads: int | None = None, *,
+                 patterns: Sequence[str] | None = None, layers: bool = True,
                  progress: bool = True,
                  on_record: Callable[[Record], None] | None = None) -> Characterization:
     """Run ``preset`` and write results.json/.csv, plots/*.png and report.md under
     ``output_dir`` (refused if it holds files, unless ``overwrite``: then only the files
     the report writes are replaced). ``device``/``dtype``/``threads`` (CPU threads for the
     whole run) override the preset's; ``models`` picks some of its models (or other zoo
-    models, at the preset's batch)."""
+    models, at the preset's batch), ``patterns`` some of its patterns (dense always runs);
+    ``layers=False`` leaves out the layer presets."""
     p = get_preset(preset)
+    if patterns:
+        pattern_cases(patterns, p.densities, p.block)  # a bad pattern fails before timing
+        p = replace(p, patterns=tuple(patterns))
+    if not layers:
+        p = replace(p, layers=())
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1; got {threads}")

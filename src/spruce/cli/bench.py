@@ -109,12 +109,16 @@ def characterize(
     dtype: str = typer.Option(None, help="override the preset's dtypes (fp32 | fp16 | bf16)"),
     model: list[str] = typer.Option([], "--model", "-m", help="only these models; repeat"),
     threads: int = typer.Option(None, help="CPU threads for the whole run (default: torch's)"),
+    pattern: list[str] = typer.Option([], "--pattern", help="only these patterns (dense always "
+                                      "runs); repeat"),
+    layers: bool = typer.Option(True, help="time the preset's layers (--no-layers: models "
+                                           "only)"),
 ) -> None:
     """Run a whole study — layers and models, every pattern and backend — and write
     results.json/.csv, plots and report.md (the paper's tables and figures)."""
     try:
         result = run_characterize(preset, output, device, dtype, overwrite, model or None,
-                                  threads)
+                                  threads, patterns=pattern or None, layers=layers)
     except Interrupted as stop:
         result = stop.result
         console.print(_headline_table(result.records))

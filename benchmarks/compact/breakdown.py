@@ -101,26 +101,25 @@ def _parents(e):
         p = p.cpu_parent
 
 
-def kept_flop_fraction(pruned, dense, x) -> float:
-    """FLOPs of the Linear/Conv layers of ``pruned`` (compacted: real shapes) over
-    ``dense``'s, per sample, from the weights alone (conv output sizes from a hook)."""
-    def flops(m, x):
-        sizes = {}
-        hooks = [mod.register_forward_hook(
-            lambda mod, i, o, n=n: sizes.__setitem__(n, o.shape[-2] * o.shape[-1]))
-            for n, mod in m.named_modules() if isinstance(mod, torch.nn.Conv2d)]
-        with torch.no_grad():
-            m(**x) if isinstance(x, dict) else m(x)
-        for h in hooks:
-            h.remove()
-        total = 0
-        for n, mod in m.named_modules():
-            if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
-                w = mod.weight
-                nz = int((w != 0).sum()) if spruce.get_mask(mod) is not None else w.numel()
-                total += nz * sizes.get(n, 1)
-        return total
-    return flops(pruned, x) / flops(dense, x)
+def linear_flops(m, x, kept: bool) -> int:
+    """Multiply-adds of the Linear/Conv2d layers of ``m`` per Linear row / conv sample:
+    weights times conv output pixels (from hooks); masked weights counted by their mask
+    when ``kept``, in full otherwise."""
+    pixels = {}
+    hooks = [mod.register_forward_hook(
+        lambda mod, i, o, n=n: pixels.__setitem__(n, o.shape[-2] * o.shape[-1]))
+        for n, mod in m.named_modules() if isinstance(mod, torch.nn.Conv2d)]
+    with torch.no_grad():
+        m(**x) if isinstance(x, dict) else m(x)
+    for h in hooks:
+        h.remove()
+    total = 0
+    for n, mod in m.named_modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            mask = spruce.get_mask(mod) if kept else None
+            total += (int(mask.sum()) if mask is not None else mod.weight.numel()) \
+                * pixels.get(n, 1)
+    return total
 
 
 def fold_all(model):
@@ -140,10 +139,9 @@ def case(i: int, batch: int, runs: int, cl: bool) -> list[dict]:
     model = spruce.zoo.build(name, ds, seed=0).eval().to(bc.DEVICE)
     x = spruce.zoo.example_input(name, ds, batch=batch)
     x = {k: v.to(bc.DEVICE) for k, v in x.items()} if isinstance(x, dict) else x.to(bc.DEVICE)
-    dense_fp32 = spruce.zoo.build(name, ds, seed=0).eval().to(bc.DEVICE)
     spruce.prune(model, "group", 0.5, exclude=["classifier", "fc"], **kwargs)
     small = spruce.compact(model, x, fold_bn=True)
-    frac = kept_flop_fraction(small, dense_fp32, x)
+    frac = linear_flops(small, x, kept=True) / linear_flops(model, x, kept=False)
     fmt = torch.channels_last if cl else torch.contiguous_format
     xh = x if isinstance(x, dict) else x.half().contiguous(memory_format=fmt)
     variants = {"dense": bc.convert(model, "dense", x, cl)}

@@ -141,7 +141,6 @@ def characterize(preset: str | Preset, output_dir: str | Path, device: str | Non
     ``layers=False`` leaves out the layer presets."""
     p = get_preset(preset)
     if patterns:
-        pattern_cases(patterns, p.densities, p.block)  # a bad pattern fails before timing
         p = replace(p, patterns=tuple(patterns))
     if not layers:
         p = replace(p, layers=())

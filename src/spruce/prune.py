@@ -89,13 +89,25 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
           density: float | None = None, criterion: str | dict | Criterion = "magnitude",
           scope: str = "uniform", exclude: Iterable[str] = (),
           overrides: dict[str, float] | None = None,
-          calibration: Iterable | None = None, **pattern_kwargs: Any) -> PruneReport:
+          calibration: Iterable | None = None, example_input: Any = None,
+          coupled: dict[str, bool] | None = None, **pattern_kwargs: Any) -> PruneReport:
     """Prune ``model`` in place with masks; returns a per-layer report.
 
     ``density`` is the fraction of weights kept (N:M patterns fix it to N/M).
     ``pattern_kwargs`` go to the pattern (``n, m`` for N:M, ``block=(bo, bk)``,
     ``reduce`` for the group score). ``calibration`` feeds the Taylor criterion.
+
+    ``scope="coupled"`` (with ``pattern="channel"``) prunes structures instead of layers:
+    the model is traced on ``example_input`` into a dependency graph, and every coupled
+    group — a channel with all the layers that write and read it, a residual stream, an
+    attention head — keeps ``density`` of its units, masked in every member, so that
+    :func:`spruce.compact` turns the result into a smaller dense model with the same
+    outputs. ``coupled={"stream": False, "heads": False, "channels": False}`` leaves
+    those kinds of group whole. Each group is in ``report.extra["groups"]``.
     """
+    if scope == "coupled":
+        return _prune_coupled(model, pattern, density, criterion, exclude, example_input,
+                              coupled)
     pat = get_pattern(pattern, **pattern_kwargs)
     crit = get_criterion(criterion)
     if calibration is not None and isinstance(crit, Taylor) and crit.data is None:
@@ -143,6 +155,31 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
         rows.append(LayerRow(name, type(layer).__name__, view_shape(layer), pattern_label(pat),
                              target, kept / masks[name].numel(), kept, masks[name].numel()))
     return PruneReport(rows, skipped, pat.spec(), crit.spec(), scope, density)
+
+
+def _prune_coupled(model: nn.Module, pattern: Any, density: float | None, criterion: Any,
+                   exclude: Iterable[str], example_input: Any, coupled: Any) -> PruneReport:
+    from .compact.core import default_input
+    from .structure.prune import SPEC, prune_coupled
+
+    if pattern not in ("channel", "structured"):
+        raise ValueError(f"scope='coupled' removes whole channels and heads: use "
+                         f"pattern='channel' (got {pattern!r})")
+    if density is None:
+        raise ValueError("scope='coupled' needs a density in (0, 1] (fraction of units kept)")
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    x = default_input(model) if example_input is None else example_input
+    crit = get_criterion(criterion)
+    masks, groups = prune_coupled(model, density, crit, x, exclude, coupled)
+    rows = []
+    for name, mask in masks.items():
+        layer = model.get_submodule(name)
+        kept = int(mask.sum())
+        rows.append(LayerRow(name, type(layer).__bases__[0].__name__, view_shape(layer),
+                             "structured", None, kept / mask.numel(), kept, mask.numel()))
+    _, skipped = prunable_layers(model, tuple(exclude))
+    return PruneReport(rows, skipped, dict(SPEC), crit.spec(), "coupled", density,
+                       extra={"groups": groups})
 
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -62,17 +62,18 @@ class SelfAttention(nn.Module):
         super().__init__()
         assert dim % heads == 0, f"dim {dim} not divisible by heads {heads}"
         self.heads = heads
+        self.head_dim = dim // heads  # kept when heads are removed (spruce.compact)
         self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim)    # packed q, k, v projections
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape                                       # [B, N, D]
-        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)
+        qkv = self.qkv(x).view(B, N, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                    # 3 x [B, heads, N, D/heads]
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # [B, heads, N, D/heads]
-        y = y.transpose(1, 2).reshape(B, N, D)                  # [B, N, D]
+        y = y.transpose(1, 2).reshape(B, N, -1)                 # [B, N, heads·D/heads]
         return self.out_proj(y)
 
 

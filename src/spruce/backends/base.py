@@ -19,7 +19,7 @@ from torch import nn
 
 _REGISTRY: dict[str, type[Backend]] = {}
 
-ALL_PATTERNS = ("element", "vector", "block", "group", "channel")
+ALL_PATTERNS = ("element", "vector", "block", "group", "channel", "structured")
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -59,7 +59,7 @@ class ChannelScatter(nn.Module):
 
 @register("channel")
 class Channel(Backend):
-    patterns = ("channel",)
+    patterns = ("channel", "structured")
 
     @classmethod
     def reason(cls, layer, mask, dtype, device) -> str | None:

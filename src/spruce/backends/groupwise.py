@@ -166,7 +166,7 @@ def compaction_reason(layer: nn.Module, mask: torch.Tensor | None,
 
 @register("groupwise")
 class Groupwise(Backend):
-    patterns = ("group",)
+    patterns = ("group", "structured")
 
     @classmethod
     def reason(cls, layer, mask, dtype, device, groups_from: str = "mask") -> str | None:

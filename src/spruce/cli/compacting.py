@@ -1,4 +1,4 @@
-"""``spruce compact``: drop producer channels that a group-pruned layer never reads."""
+"""``spruce compact``: every structure the masks remove becomes a smaller dense layer."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ from .common import console, fail, fmt_count, load_model
 
 def report_table(report: CompactionReport, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for col in ("consumer", "type", "producer", "dropped", "prunable ch. (cols)", "through",
-                "left alone because"):
-        table.add_column(col, justify="right" if col in ("dropped", "prunable ch. (cols)")
-                         else "left")
+    for col in ("group", "kind", "removed", "members", "left whole because"):
+        table.add_column(col, justify="right" if col == "removed" else "left")
     for r in report.rows:
-        table.add_row(r.consumer, r.kind, r.producer or "", f"{r.dropped}/{r.channels}",
-                      f"{r.prunable_channels} ({r.prunable_channels * r.taps}/"
-                      f"{r.pruned_columns})", " → ".join(r.through), r.reason or "")
+        table.add_row(r.group, r.kind, f"{r.removed}/{r.units}", str(len(r.members)),
+                      r.reason or ("" if r.removed else "no unit pruned in every reader"))
     return table
 
 
@@ -40,7 +37,7 @@ def print_summary(report: CompactionReport) -> None:
         console.print(f"[yellow]left unchanged:[/] {report.error}")
         return
     saved = report.params_before - report.params_after
-    console.print(f"{len(report.compacted)} of {len(report.rows)} masked layers compacted; "
+    console.print(f"{len(report.compacted)} of {len(report.rows)} coupled groups compacted; "
                   f"parameters {fmt_count(report.params_before)} → "
                   f"{fmt_count(report.params_after)} (−{saved / max(1, report.params_before):.1%})"
                   + (f"; BatchNorms folded: {len(report.folded)}" if report.folded else ""))
@@ -56,10 +53,12 @@ def compact_cmd(
     fold_bn: bool = typer.Option(False, "--fold-bn", help="fold each compacted producer's "
                                  "BatchNorm into it (inference only)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check outputs are unchanged"),
-    exclude: list[str] = typer.Option([], "--exclude", "-x", help="consumer-name glob to skip"),
+    exclude: list[str] = typer.Option([], "--exclude", "-x", help="module-name glob whose "
+                                      "groups stay whole"),
     output: Path = typer.Option(None, "--output", "-o", help="write the compacted model"),
 ) -> None:
-    """Shrink each group-pruned layer and its producer by the input channels it never reads."""
+    """Remove every channel, head and stream channel that the masks prune from all the layers
+    it touches; print one row per coupled group."""
     try:
         header = read_header(pruned)
         name = model or header.get("model")
@@ -72,7 +71,9 @@ def compact_cmd(
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     report = small.spruce_compaction
-    console.print(report_table(report, f"{name}: producer-side compaction"))
+    if report.error:
+        fail(f"{report.error}; nothing was compacted and nothing was written")
+    console.print(report_table(report, f"{name}: structural compaction"))
     print_summary(report)
     if output:
         path = save_compacted(small, output, extra={"model": name, "dataset": dataset})

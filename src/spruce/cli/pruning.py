@@ -44,6 +44,17 @@ def info(model: str = typer.Argument(..., help="zoo name (resnet18, vgg16, ...) 
         console.print(f"  [dim]left dense:[/] {s.name} — {s.reason}")
 
 
+def coupled_example(model: str, dataset: str | None):
+    """The zoo's example input for a zoo model (the graph is traced on it), else None
+    (a guess from the model's first layer)."""
+    from .. import zoo
+
+    if model not in zoo.names():
+        return None
+    text = zoo.REGISTRY[model].modality == "text"
+    return zoo.example_input(model, dataset, batch=2, **({"seq_len": 16} if text else {}))
+
+
 def prune_cmd(
     model: str = typer.Argument(..., help="zoo name or FILE.py:FN"),
     pattern: str = typer.Option("element", "--pattern", "-p",
@@ -52,7 +63,9 @@ def prune_cmd(
                                   help="fraction of weights kept, in (0, 1]; N:M fixes it"),
     criterion: str = typer.Option("magnitude", "--criterion", "-c",
                                   help="magnitude | lamp | random (taylor needs data: API)"),
-    scope: str = typer.Option("uniform", "--scope", "-s", help="uniform | global | lamp"),
+    scope: str = typer.Option("uniform", "--scope", "-s", help="uniform | global | lamp | "
+                              "coupled (-p channel: channels, heads and residual streams "
+                              "removed from every layer they touch; then `spruce compact`)"),
     block: str = typer.Option("8x8", help="block shape bo×bk for --pattern block"),
     unit: str = typer.Option("column", help="--pattern group: 'column' (one (c, kh, kw) tap) "
                              "or 'channel' (every tap of an input channel)"),
@@ -66,6 +79,8 @@ def prune_cmd(
         net = load_model(model, dataset, seed)
         kwargs = {"block": tuple(int(v) for v in block.lower().split("x"))} \
             if pattern == "block" else {"unit": unit} if pattern == "group" else {}
+        if scope == "coupled":
+            kwargs["example_input"] = coupled_example(model, dataset)
         report = prune(net, pattern, density, criterion, scope, exclude, **kwargs)
     except ValueError as e:
         fail(str(e))

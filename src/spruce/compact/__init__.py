@@ -1,4 +1,4 @@
-"""Producer-side compaction: see :func:`compact`; files with :func:`save_compacted` /
+"""Structural compaction: see :func:`compact`; files with :func:`save_compacted` /
 :func:`load_compacted` (header format ``"compacted"``)."""
 
 from .core import CompactionReport, CompactionRow, compact

@@ -140,7 +140,6 @@ def compact(model: nn.Module, example_input: Any = None, verify: bool = True,
     x = default_input(model) if example_input is None else example_input
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     report = CompactionReport(fold_bn=fold_bn, params_before=_count(model))
-    new = copy.deepcopy(model)
     try:
         groups = coupled_groups(build(model, x))
     except TraceError as e:
@@ -152,20 +151,40 @@ def compact(model: nn.Module, example_input: Any = None, verify: bool = True,
         report.rows.append(row)
         if units:
             removed[gi] = units
-    sizes = {k: int(tensor_of(model, k[0]).shape[k[1]]) for g in groups for k in g.members}
-    keep = kept_indices(groups, removed, sizes)
-    report.layers = slice_model(new, {k: torch.as_tensor(v) for k, v in keep.items()})
-    if fold_bn:
-        from .fold import fold_batchnorms
-
-        report.folded = fold_batchnorms(new, x)
-        new.eval()
-    if verify and (report.compacted or report.folded):
-        report.max_rel_error = check_outputs(model, new, x)
+    try:
+        new = _apply(model, groups, removed, report, x, verify)
+    except (ValueError, RuntimeError) as e:  # a module whose head count spruce cannot fix
+        heads = [gi for gi in removed if groups[gi].kind == "heads"]
+        if not heads:
+            raise
+        first = str(e).splitlines()[0][:160]
+        for gi in heads:
+            removed.pop(gi)
+            report.rows[gi].removed = 0
+            report.rows[gi].reason = f"removing heads failed or changed the outputs ({first})"
+        new = _apply(model, groups, removed, report, x, verify)
     report.folded = list(getattr(getattr(model, "spruce_compaction", None), "folded", [])) \
         + report.folded  # a second pass keeps the first one's folds on record
     report.params_after = _count(new)
     new.spruce_compaction = report
+    return new
+
+
+def _apply(model: nn.Module, groups: list[CoupledGroup], removed: dict[int, set[int]],
+           report: CompactionReport, x: Any, verify: bool) -> nn.Module:
+    """A sliced (and folded) copy of ``model``, verified on ``x``."""
+    new = copy.deepcopy(model)
+    sizes = {k: int(tensor_of(model, k[0]).shape[k[1]]) for g in groups for k in g.members}
+    keep = kept_indices(groups, removed, sizes)
+    report.layers = slice_model(new, {k: torch.as_tensor(v) for k, v in keep.items()})
+    report.folded = []
+    if report.fold_bn:
+        from .fold import fold_batchnorms
+
+        report.folded = fold_batchnorms(new, x)
+        new.eval()
+    if verify and (removed or report.folded):
+        report.max_rel_error = check_outputs(model, new, x)
     return new
 
 

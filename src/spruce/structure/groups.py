@@ -46,6 +46,9 @@ class CoupledGroup:
     def readers(self) -> list[tuple[str, int]]:
         return [k for k in self.members if self.roles[k] == IN]
 
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
         lines = [f"{self.name}: {len(self.units)} units ({self.kind})"
                  + (f", kept whole: {self.pinned}" if self.pinned else "")]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..backends.convert import tolerance
-from ..masks import mask_module
+from ..masks import mask_module, masked_layers, set_submodule, unparametrized
 from ..structure.apply import slice_model, weight_of
 from ..structure.graph import build
 from ..structure.groups import CoupledGroup, coupled_groups, kept_indices
@@ -177,6 +177,7 @@ def _apply(model: nn.Module, groups: list[CoupledGroup], removed: dict[int, set[
     sizes = {k: int(tensor_of(model, k[0]).shape[k[1]]) for g in groups for k in g.members}
     keep = kept_indices(groups, removed, sizes)
     report.layers = slice_model(new, {k: torch.as_tensor(v) for k, v in keep.items()})
+    _drop_full_masks(new)
     report.folded = []
     if report.fold_bn:
         from .fold import fold_batchnorms
@@ -186,6 +187,15 @@ def _apply(model: nn.Module, groups: list[CoupledGroup], removed: dict[int, set[
     if verify and (removed or report.folded):
         report.max_rel_error = check_outputs(model, new, x)
     return new
+
+
+def _drop_full_masks(model: nn.Module) -> None:
+    """Masks that keep everything go: the layers become plain ``nn.Linear``/``nn.Conv2d``
+    (no spruce code in the forward). Masks with sparsity left inside the kept channels stay,
+    for ``spruce.convert``."""
+    for name, layer in masked_layers(model).items():
+        if bool(mask_module(layer).mask.all()):
+            set_submodule(model, name, unparametrized(layer))
 
 
 def _plan_group(model: nn.Module, g: CoupledGroup, exclude: list[str]

@@ -32,12 +32,10 @@ def lamp_scores(values: torch.Tensor) -> torch.Tensor:
     ``v = w²``, ``score(u) = v[u] / Σ_{t >= u} v[t]``. Scale-free, so scores of different
     layers compare; the largest entry of every layer scores 1. Ties keep index order.
     """
-    flat = values.reshape(-1).to(torch.float64)
-    order = torch.argsort(flat, stable=True)
-    ordered = flat[order]
+    ordered, order = torch.sort(values.reshape(-1).to(torch.float64), stable=True)
     suffix = torch.flip(torch.cumsum(torch.flip(ordered, [0]), 0), [0])
     ratio = torch.where(suffix > 0, ordered / suffix.clamp_min(1e-300), torch.zeros_like(ordered))
-    out = torch.empty_like(flat)
+    out = torch.empty_like(ordered)
     out[order] = ratio
     return out.reshape(values.shape)
 

@@ -133,9 +133,15 @@ PATTERNS = [("element", 0.5, {}), ("2:4", None, {}), ("block", 0.5, {"block": (4
             ("group", 0.5, {}), ("channel", 0.5, {})]
 
 
+_BUILT: dict[str, nn.Module] = {}
+
+
 def _build(case: Case) -> nn.Module:
-    torch.manual_seed(0)
-    return case.build().eval()
+    """A fresh copy of the case's model (built once: deep copies keep tied weights tied)."""
+    if case.name not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[case.name] = case.build().eval()
+    return copy.deepcopy(_BUILT[case.name])
 
 
 def _out(model: nn.Module, inputs: dict) -> torch.Tensor:
@@ -225,7 +231,7 @@ def test_tied_lm_head_stays_dense_with_reason():
 
 
 def test_shared_linear_weight_has_one_mask_everywhere(tmp_path):
-    model = HandMade().eval()
+    model = _build(CASES[-1])
     report = spruce.prune(model, "element", 0.5)
     row = next(r for r in report.rows if r.name == "up")
     assert row.shared == ("up_twin",)
@@ -265,3 +271,16 @@ def test_info_lists_new_kinds_and_skipped(tmp_path):
     assert out.exit_code == 0, out.output
     for text in ("Conv1d", "Conv3d", "up_twin", "in_proj_weight", "tied"):
         assert text in out.output, text
+
+
+@pytest.mark.xfail(strict=True, reason="backends.base.masked_weight reshapes the 2-D view "
+                   "into the weight's shape; a transposed layout (Conv1D) needs "
+                   "spruce.view.unview(layer, mask)")
+def test_convert_dense_keeps_conv1d_outputs():
+    case = CASES[0]
+    model, inputs = _build(case), case.inputs()
+    spruce.prune(model, "group", 0.5)
+    fast = spruce.convert(model, backend="dense", example_input=inputs)
+    rows = {r.name: r for r in fast.spruce_report.rows}
+    assert rows["h.0.mlp.c_fc"].backend == "dense"  # no backend serves Conv1D: kept dense
+    torch.testing.assert_close(_out(fast, inputs), _out(model, inputs))

@@ -40,9 +40,13 @@ def override_for(name: str, overrides: dict[str, float]) -> float | None:
     return None
 
 
-CHUNK = 1 << 22  # groups per piece: the selection's working memory is O(CHUNK + SAMPLE)
-SAMPLE = 1 << 20  # groups sampled to bracket the threshold; smaller pools are sorted whole
-MARGIN = 8.0  # bracket half-width in standard errors of the sampled rank
+CHUNK = 1 << 22  # groups per piece: the working memory is O(CHUNK + sample), not O(N)
+SORT_ALL = 1 << 20  # pools up to this many groups are sorted whole
+MARGIN = 6.0  # bracket half-width in standard errors of the sampled rank
+
+
+def _sample_size(total: int) -> int:
+    return min(1 << 22, max(1 << 16, total // 64))
 
 
 @dataclass
@@ -52,7 +56,7 @@ class _Layer:
 
     scores: torch.Tensor
     sizes: torch.Tensor | float
-    best: int
+    best: int = -1
 
     def weights(self, idx: torch.Tensor) -> torch.Tensor:
         """Sizes of the groups ``idx`` (float64)."""
@@ -65,17 +69,28 @@ class _Layer:
         for start in range(0, self.scores.numel(), CHUNK):
             yield start, self.scores[start:start + CHUNK]
 
+    def find_best(self) -> int:
+        """Index of the highest score, the lowest such index on ties (NaN counts as -inf);
+        one max per piece, then one search in the piece holding it."""
+        if not self.scores.numel():
+            return -1
+        tops = torch.stack([torch.nan_to_num(g.max(), nan=-math.inf) for _, g in self.pieces()])
+        first = int(torch.argmax(tops))
+        start, g = first * CHUNK, self.scores[first * CHUNK:(first + 1) * CHUNK]
+        return start + int(torch.argmax(torch.nan_to_num(g, nan=-math.inf)))
 
-def _sample_bracket(layers: list[_Layer], need: float, widen: float) -> tuple[float, float]:
+
+def _sample_bracket(layers: list[_Layer], need: float, attempt: int) -> tuple[float, float]:
     """Scores (lo, hi) that very likely enclose the score where the kept weight reaches
-    ``need``, from a seeded random sample of every layer's groups."""
+    ``need``, from a seeded random sample of every layer's groups; wider at every
+    ``attempt``, and the whole range at the fourth."""
     total = sum(u.scores.numel() for u in layers)
-    if total <= SAMPLE or widen > MARGIN * 64:
+    if total <= SORT_ALL or attempt >= 3:
         return -math.inf, math.inf  # sort every live group
-    gen = torch.Generator().manual_seed(0)
+    gen, size = torch.Generator().manual_seed(0), _sample_size(total)
     values, weights = [], []
     for u in layers:
-        n = max(1, math.ceil(SAMPLE * u.scores.numel() / total))
+        n = max(1, math.ceil(size * u.scores.numel() / total))
         idx = torch.randint(u.scores.numel(), (n,), generator=gen)
         values.append(u.scores[idx].to(torch.float64))
         weights.append(u.weights(idx) * (u.scores.numel() / n))
@@ -83,27 +98,31 @@ def _sample_bracket(layers: list[_Layer], need: float, widen: float) -> tuple[fl
     v, order = torch.sort(torch.nan_to_num(v, nan=-math.inf), descending=True)
     w = torch.where(v > -math.inf, w[order], torch.zeros_like(v))
     r = int(torch.searchsorted(torch.cumsum(w, 0), torch.tensor([need], dtype=torch.float64)))
-    m = int(widen * math.sqrt(v.numel())) + 16
+    m = int(MARGIN * 8 ** attempt * math.sqrt(v.numel())) + 16
     hi = float(v[r - m]) if r - m >= 0 else math.inf
     lo = float(v[r + m]) if r + m < v.numel() else -math.inf
     return lo, hi
 
 
-def _split(layers: list[_Layer], lo: float, hi: float
+def _split(layers: list[_Layer], keep: list[torch.Tensor], lo: float, hi: float
            ) -> tuple[float, list[torch.Tensor], float]:
-    """(weight of the live groups scoring above ``hi``, per layer the indices of the live
-    groups scoring in ``[lo, hi]``, their weight). The pre-kept best groups are left out."""
+    """Flag in ``keep`` the live groups scoring above ``hi``; return their weight, per
+    layer the indices of the live groups scoring in ``[lo, hi]`` and their weight. The
+    pre-kept best groups are counted in neither."""
     above, cands, inside = 0.0, [], 0.0
-    for u in layers:
+    buf = torch.empty(min(CHUNK, max((u.scores.numel() for u in layers), default=0)),
+                      dtype=torch.bool)
+    for u, k in zip(layers, keep, strict=True):
         found = []
         for start, g in u.pieces():
-            over = g > hi
-            between = (g >= lo) & (g <= hi) & (g > -math.inf)
+            over, between = k[start:start + g.numel()], buf[:g.numel()]
+            torch.gt(g, hi, out=over)
+            torch.ge(g, lo, out=between) if lo > -math.inf else torch.gt(g, lo, out=between)
+            between.logical_xor_(over)  # lo <= g <= hi (NaN is in neither)
             if start <= u.best < start + g.numel():
                 over[u.best - start] = between[u.best - start] = False
-            n_over = over.nonzero().flatten() if not isinstance(u.sizes, float) else None
-            above += float(over.sum()) * u.sizes if n_over is None \
-                else float(u.weights(n_over + start).sum())
+            above += float(over.count_nonzero()) * u.sizes if isinstance(u.sizes, float) \
+                else float(u.weights(over.nonzero().flatten() + start).sum())
             found.append(between.nonzero().flatten() + start)
         idx = torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
         inside += float(u.weights(idx).sum())
@@ -119,34 +138,35 @@ def pooled_keep(pool: dict[str, tuple[torch.Tensor, torch.Tensor | float]], targ
     one size). Groups scoring -inf or NaN are never added.
 
     Exact, fast and in bounded memory: a seeded sample brackets the last score kept; one
-    pass over CHUNK-sized pieces weighs the groups above the bracket and collects those
+    pass over CHUNK-sized pieces flags the groups above the bracket and collects those
     inside it (a small fraction); those alone are sorted exactly (stable, so ties keep the
-    pool's order); one more pass writes the flags. A bracket that missed (never seen in
-    practice) is widened and the pass repeated.
+    pool's order). A bracket that missed (rare) is widened and the pass repeated.
     """
-    layers = [_Layer(g, _one_size(s), int(torch.argmax(g)) if g.numel() else -1)
-              for g, s in pool.values()]
+    layers = [_Layer(g, _one_size(s)) for g, s in pool.values()]
     keep = [torch.zeros(u.scores.numel(), dtype=torch.bool) for u in layers]
     base = 0.0
+    for u in layers:
+        u.best = u.find_best()
+        if u.best >= 0:  # every layer keeps at least its best group
+            base += float(u.weights(torch.tensor([u.best])).sum())
+    need, attempt = target - base, 0
+    while need > 0:
+        lo, hi = _sample_bracket(layers, need, attempt)
+        above, cands, inside = _split(layers, keep, lo, hi)
+        if above < need and (above + inside >= need or lo == -math.inf):
+            _keep_best_candidates(layers, keep, cands, need - above)
+            break
+        attempt += 1
     for u, k in zip(layers, keep, strict=True):
         if u.best >= 0:
-            k[u.best] = True  # every layer keeps at least its best group
-            base += float(u.weights(torch.tensor([u.best])).sum())
-    need, widen = target - base, 1.0
-    while need > 0:
-        lo, hi = _sample_bracket(layers, need, widen * MARGIN)
-        above, cands, inside = _split(layers, lo, hi)
-        if above < need and (above + inside >= need or lo == -math.inf):
-            _keep_exact(layers, keep, cands, hi, need - above)
-            break
-        widen *= 8
+            k[u.best] = True
     return dict(zip(pool, keep, strict=True))
 
 
-def _keep_exact(layers: list[_Layer], keep: list[torch.Tensor], cands: list[torch.Tensor],
-                hi: float, room: float) -> None:
-    """Keep every group above ``hi`` and the best candidates while their weight before
-    them is below ``room`` (candidates sorted by score, ties in pool order)."""
+def _keep_best_candidates(layers: list[_Layer], keep: list[torch.Tensor],
+                          cands: list[torch.Tensor], room: float) -> None:
+    """Keep the best candidates while the weight kept before each is below ``room``
+    (sorted by score, ties in pool order)."""
     vals = torch.cat([u.scores[c].to(torch.float64) for u, c in zip(layers, cands,
                                                                      strict=True)])
     w = torch.cat([u.weights(c) for u, c in zip(layers, cands, strict=True)])
@@ -155,9 +175,7 @@ def _keep_exact(layers: list[_Layer], keep: list[torch.Tensor], cands: list[torc
     order = torch.sort(vals, descending=True, stable=True)[1]
     w = w[order]
     chosen = order[(torch.cumsum(w, 0) - w) < room]
-    for i, (u, k) in enumerate(zip(layers, keep, strict=True)):
-        for start, g in u.pieces():
-            k[start:start + g.numel()] |= g > hi
+    for i, k in enumerate(keep):
         k[local[chosen[owner[chosen] == i]]] = True
 
 

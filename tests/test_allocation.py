@@ -72,7 +72,7 @@ def selection_knobs(**values):
             setattr(allocation, k, v)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(pool=pools(), density=st.floats(0.01, 1.0), small=st.booleans())
 def test_pooled_keep_equals_greedy_walk(pool, density, small):
     total = sum(float(s.sum()) for _, s in pool.values())
@@ -95,7 +95,7 @@ def layer_sets(draw):
     return {f"l{i}": torch.rand(shape, generator=gen) for i, shape in enumerate(shapes)}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(scores=layer_sets(), density=st.floats(0.05, 1.0),
        pattern=st.sampled_from(["element", "group", "channel"]))
 def test_global_and_uniform_hit_exact_counts(scores, density, pattern):

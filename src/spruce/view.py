@@ -191,8 +191,8 @@ def from_view(view: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 DENSE_REASONS: dict[type, str] = {
     nn.Embedding: "embedding (a lookup table, not a matmul) stays dense",
     nn.EmbeddingBag: "embedding (a lookup table, not a matmul) stays dense",
-    nn.MultiheadAttention: "packed in_proj_weight (q, k and v in one parameter) stays dense; "
-                           "its out_proj is pruned as a Linear",
+    nn.MultiheadAttention: "input projections (the packed in_proj_weight, or q/k/v_proj_weight) "
+                           "stay dense; its out_proj is pruned as a Linear",
     nn.ConvTranspose1d: "transposed convolution stays dense",
     nn.ConvTranspose2d: "transposed convolution stays dense",
     nn.ConvTranspose3d: "transposed convolution stays dense",

@@ -201,6 +201,8 @@ def _pooled_selection(pool: dict[str, tuple[torch.Tensor, torch.Tensor]], densit
 
 def _lamp_normalise(g: torch.Tensor) -> torch.Tensor:
     live = g > -math.inf
+    if bool(live.all()):
+        return lamp_scores(g.clamp_min(0))
     out = torch.full_like(g, -math.inf)
     out[live] = lamp_scores(g[live].clamp_min(0))
     return out

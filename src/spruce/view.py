@@ -144,9 +144,16 @@ def view_of(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return _kind(layer).to_view(tensor)
 
 
+def weight_shape(layer: nn.Module) -> torch.Size:
+    """The shape of ``layer.weight`` without computing it (a masked weight is a product)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original.shape
+    return layer.weight.shape
+
+
 def unview(layer: nn.Module, view: torch.Tensor) -> torch.Tensor:
     """A 2-D view → ``layer``'s weight layout (e.g. a mask to store on the layer)."""
-    return _kind(layer).from_view(view, layer.weight.shape)
+    return _kind(layer).from_view(view, weight_shape(layer))
 
 
 def layer_view(layer: nn.Module) -> torch.Tensor:
@@ -156,7 +163,7 @@ def layer_view(layer: nn.Module) -> torch.Tensor:
 
 def view_shape(layer: nn.Module) -> tuple[int, int]:
     """(R, K) of the layer's 2-D view: R output features/channels, K the reduction dim."""
-    r, k = layer_view(layer).shape
+    r, k = view_of(layer, torch.empty(weight_shape(layer), device="meta")).shape
     return int(r), int(k)
 
 

@@ -228,3 +228,12 @@ def test_heads_that_cannot_be_removed_are_left_whole_with_the_reason():
     assert rows["heads"].removed == 0 and "removing heads failed" in rows["heads"].reason
     assert rows["channels"].removed == 16 and small.ffn1.out_features == 16
     assert relative_error(run(model, x)[0], run(small, x)[0]) < 1e-5
+
+
+def test_gpt2_heads_and_mlp_compact_through_conv1d():
+    t = transformers
+    model = tiny(t.GPT2Model, t.GPT2Config, vocab_size=100, n_embd=32, n_layer=2, n_head=4)
+    small = roundtrip(model, {"input_ids": IDS})
+    attn = small.h[0].attn
+    assert attn.num_heads == 2 and attn.split_size == 16 and attn.c_attn.nf == 48
+    assert small.h[0].mlp.c_fc.nf == 64 == small.h[0].mlp.c_proj.nx

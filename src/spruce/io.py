@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .masks import attach, mask_info, mask_module, masked_layers
+from .masks import attach_shared, mask_info, masked_layers
 from .patterns import get_pattern
-from .view import to_view
+from .view import view_of
 
 HEADER_KEY = "spruce"
 MASK_SUFFIX = ".parametrizations.weight.0.mask"
@@ -109,7 +109,7 @@ def _check_masks(path: Path, model: nn.Module, header: dict[str, Any],
                              f"the model's weight {weight_shape}; wrong model or variant?")
         specs = info.get("patterns", [])
         if len(specs) == 1:  # one pattern applied: its structure must hold
-            problem = get_pattern(specs[0]).conforms(to_view(mask.bool()))
+            problem = get_pattern(specs[0]).conforms(view_of(layer, mask.bool()))
             if problem:
                 raise ValueError(f"layer '{name}': mask breaks its declared pattern "
                                  f"{specs[0]['name']}: {problem}")
@@ -118,12 +118,25 @@ def _check_masks(path: Path, model: nn.Module, header: dict[str, Any],
 def _expected_shapes(model: nn.Module, header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """State-dict keys and shapes the model will have once the file's masks are attached."""
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for name in header.get("layers", {}):
+    for name in _masked_names(model, header):
         if name + ".weight" in shapes:
             w = shapes.pop(name + ".weight")
             shapes[name + ORIG_SUFFIX] = w
             shapes[name + MASK_SUFFIX] = w
     return shapes
+
+
+def _masked_names(model: nn.Module, header: dict[str, Any]) -> list[str]:
+    """Every name of every module the header masks: a layer registered under two names
+    keeps its original weight and mask under both in the state dict."""
+    listed = header.get("layers", {})
+    ids = set()
+    for name in listed:
+        try:
+            ids.add(id(model.get_submodule(name)))
+        except AttributeError:
+            pass  # reported by _check_masks
+    return [n for n, m in model.named_modules(remove_duplicate=False) if id(m) in ids]
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -145,11 +158,9 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         if tuple(tensors[key].shape) != shape:
             raise ValueError(f"{path}: '{key}' has shape {tuple(tensors[key].shape)}, the model "
                              f"expects {shape}; wrong model or variant?")
-    for name, info in header.get("layers", {}).items():
-        layer = model.get_submodule(name)
-        param = mask_module(layer)
-        if param is None:
-            param = attach(layer, torch.ones_like(to_view(layer.weight), dtype=torch.bool), {})
-        param.info = {k: v for k, v in info.items() if k != "density"}
+    listed = header.get("layers", {})
+    params = attach_shared({name: model.get_submodule(name) for name in listed})
+    for name, info in listed.items():  # layers that shared a weight share one mask again
+        params[name].info = {k: v for k, v in info.items() if k != "density"}
     model.load_state_dict(tensors, strict=True)
     return model

@@ -5,17 +5,23 @@ optimizer, gradients of pruned entries are zero, and ``state_dict`` keeps the or
 weights (``<layer>.parametrizations.weight.original``) beside the masks
 (``<layer>.parametrizations.weight.0.mask``). Re-pruning intersects masks: nothing pruned
 comes back.
+
+The mask is stored in the weight's own layout (so the parametrization multiplies it
+directly; for transformers' ``Conv1D`` that is ``[in, out]``); :func:`get_mask` returns it
+in the 2-D view. A weight shared by several layers (tied) has one :class:`WeightMask`
+registered on every user, so ``layer.weight`` is the same masked tensor everywhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .view import from_view, to_view
+from .view import unview, view_of
 
 
 class WeightMask(nn.Module):
@@ -46,7 +52,7 @@ def mask_module(layer: nn.Module) -> WeightMask | None:
 def get_mask(layer: nn.Module) -> torch.Tensor | None:
     """The layer's mask in the 2-D view, or None if it carries none."""
     m = mask_module(layer)
-    return None if m is None else to_view(m.mask)
+    return None if m is None else view_of(layer, m.mask)
 
 
 def mask_info(layer: nn.Module) -> dict[str, Any]:
@@ -61,23 +67,60 @@ def original_weight(layer: nn.Module) -> torch.Tensor:
     return layer.weight
 
 
-def attach(layer: nn.Module, mask_view: torch.Tensor, info: dict[str, Any]) -> WeightMask:
+def attach(layer: nn.Module, mask_view: torch.Tensor, info: dict[str, Any],
+           followers: Iterable[nn.Module] = ()) -> WeightMask:
     """Put ``mask_view`` (2-D view) on ``layer``; intersect with a mask already there.
 
-    ``info['patterns']`` accumulates every pattern spec applied to the layer.
+    ``followers`` are other modules whose weight is ``layer``'s parameter (tied weights):
+    the same :class:`WeightMask` is registered on each. ``info['patterns']`` accumulates
+    every pattern spec applied to the layer.
     """
     weight = original_weight(layer)
-    mask = from_view(mask_view.to(device=weight.device, dtype=torch.bool), weight)
-    existing = mask_module(layer)
-    if existing is not None:
-        existing.mask.copy_(existing.mask & mask)
-        history = existing.info.get("patterns", []) + info.get("patterns", [])
-        existing.info.update(info)
-        existing.info["patterns"] = history
-        return existing
-    param = WeightMask(mask, info)
-    parametrize.register_parametrization(layer, "weight", param)
+    mask = unview(layer, mask_view.to(device=weight.device, dtype=torch.bool))
+    param = mask_module(layer)
+    if param is not None:
+        param.mask.copy_(param.mask & mask)
+        history = param.info.get("patterns", []) + info.get("patterns", [])
+        param.info.update(info)
+        param.info["patterns"] = history
+    else:
+        param = WeightMask(mask, info)
+        parametrize.register_parametrization(layer, "weight", param)
+    for other in followers:
+        share(other, param)
     return param
+
+
+def share(layer: nn.Module, param: WeightMask) -> None:
+    """Make ``param`` (a mask of a layer with the same weight) the mask of ``layer`` too."""
+    own = mask_module(layer)
+    if own is param:
+        return
+    if own is None:
+        parametrize.register_parametrization(layer, "weight", param)
+        return
+    plist = layer.parametrizations.weight
+    plist[next(i for i, p in enumerate(plist) if p is own)] = param
+    with torch.no_grad():
+        param.mask.copy_(param.mask & own.mask)
+
+
+def attach_shared(layers: dict[str, nn.Module]) -> dict[str, WeightMask]:
+    """An all-kept mask on each of ``layers`` (kept if one is there), one per weight:
+    layers whose original weight is one parameter get one :class:`WeightMask`."""
+    by_weight: dict[int, WeightMask] = {}
+    out = {}
+    for name, layer in layers.items():
+        key = id(original_weight(layer))
+        if key in by_weight:
+            share(layer, by_weight[key])
+        elif mask_module(layer) is None:
+            by_weight[key] = attach(layer, torch.ones_like(view_of(layer, layer.weight),
+                                                           dtype=torch.bool), {})
+        else:
+            by_weight[key] = mask_module(layer)
+        out[name] = by_weight[key]
+    return out
 
 
 def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -114,12 +157,17 @@ def bake(model: nn.Module) -> nn.Module:
     """Write the zeros into the weights and drop the mask parametrizations (in place).
 
     The weight and bias ``Parameter`` objects are kept (the original weight, now zeroed
-    where the mask removed entries).
+    where the mask removed entries): layers that shared a weight still share it, and a
+    layer reachable under several names is replaced under every one.
     """
-    for name, layer in masked_layers(model).items():
+    twins: dict[int, nn.Module] = {}
+    for layer in masked_layers(model).values():
         mask = mask_module(layer).mask
         twin = unparametrized(layer)
         with torch.no_grad():
-            twin.weight.mul_(mask.to(twin.weight.dtype))
-        set_submodule(model, name, twin)
+            twin.weight.mul_(mask.to(twin.weight.dtype))  # the mask is in the weight's layout
+        twins[id(layer)] = twin
+    for name, mod in list(model.named_modules(remove_duplicate=False)):
+        if id(mod) in twins and name:
+            set_submodule(model, name, twins[id(mod)])
     return model

@@ -1,7 +1,11 @@
 """``spruce.prune``: criteria → patterns → allocation → masks on the layers.
 
 Everything is computed and checked before the first mask is attached, so an error leaves
-the model untouched.
+the model untouched. Which modules are pruned, which stay dense and why, and how tied
+weights are handled is :func:`spruce.view.find_layers`'s to decide: every module holding
+weights is in the report's ``rows`` or its ``skipped``. A weight shared by several layers of
+one kind is pruned once (one row, its other users in ``LayerRow.shared``) and every user
+reads the same masked tensor; a weight tied to an embedding stays dense, with the reason.
 """
 
 from __future__ import annotations
@@ -16,10 +20,24 @@ from torch import nn
 
 from .allocation import allocate, check_scope, override_for
 from .criteria import Criterion, Taylor, get_criterion
-from .masks import attach, get_mask
+from torch.nn.utils import parametrize
+
+from .errors import SpruceError
+from .masks import WeightMask, attach, get_mask
 from .patterns import Pattern, get_pattern
 from .patterns.base import check_density
-from .view import Skipped, layer_view, module_types, prunable_layers, taps, view_shape
+from .view import (
+    Skipped,
+    find_layers,
+    globs_of,
+    layer_view,
+    matches,
+    module_types,
+    prunable_layers,
+    taps,
+    type_name,
+    view_shape,
+)
 
 
 @dataclass(frozen=True)
@@ -27,13 +45,14 @@ class LayerRow:
     """One pruned layer in a report."""
 
     name: str
-    kind: str  # "Linear" or "Conv2d"
+    kind: str  # the layer's type: "Linear", "Conv2d", "Conv1d", "Conv1D", ...
     view: tuple[int, int]  # (R, K) of the 2-D view
     pattern: str
     target: float | None  # density asked for this layer (None under global scopes)
     density: float  # fraction of the layer's weights kept, after this call
     kept: int
     total: int
+    shared: tuple[str, ...] = ()  # other names reading this weight (tied layers, aliases)
 
 
 @dataclass
@@ -76,18 +95,58 @@ def pattern_label(p: Pattern) -> str:
     return spec["name"]
 
 
-def _check_weights(layers: dict[str, nn.Module]) -> None:
+def _foreign_weight(layer: nn.Module) -> str | None:
+    """What besides spruce computes ``layer.weight`` (torch.nn.utils.prune, weight_norm,
+    spectral_norm, other parametrizations), or None."""
+    if parametrize.is_parametrized(layer, "weight"):
+        others = [type(p).__name__ for p in layer.parametrizations.weight
+                  if not isinstance(p, WeightMask)]
+        return f"the parametrization(s) {', '.join(others)}" if others else None
+    if not isinstance(layer._parameters.get("weight"), nn.Parameter):
+        hooks = [type(h).__name__ for h in layer._forward_pre_hooks.values()]
+        return f"a forward pre-hook ({', '.join(hooks) or 'unknown'})"
+    return None
+
+
+def _check_layers(layers: dict[str, nn.Module]) -> None:
+    """Every layer can take a mask: checked before the first mask is attached."""
     for name, layer in layers.items():
+        foreign = _foreign_weight(layer)
+        if foreign:
+            raise SpruceError(f"weight is computed by {foreign} (torch.nn.utils.prune, "
+                              "weight_norm or spectral_norm?); remove that first "
+                              "(torch.nn.utils.prune.remove(m, 'weight'), torch.nn.utils."
+                              "parametrize.remove_parametrizations(m, 'weight')) or "
+                              f"exclude=['{name}']", layer=name)
+        if layer.weight.is_meta:
+            raise SpruceError("weight is on the meta device and has no values to score; "
+                              "materialise the model first (model.to_empty(device='cpu') and "
+                              f"load its weights) or exclude=['{name}']", layer=name)
         w = layer_view(layer)
         if not torch.isfinite(w).all():
             bad = int((~torch.isfinite(w)).sum())
-            raise ValueError(f"layer '{name}': weight has {bad} NaN/inf entries; fix or "
-                             f"reinitialise the weights, or exclude=['{name}']")
+            raise SpruceError(f"weight has {bad} NaN/inf entries; fix or reinitialise the "
+                              f"weights, or exclude=['{name}']", layer=name)
+
+
+def _check_overrides(overrides: dict[str, float], names: list[str]) -> None:
+    for glob, d in overrides.items():
+        if not isinstance(d, (int, float)):
+            raise SpruceError(f"override {glob!r}: density must be a number; got {d!r}",
+                              field="overrides")
+        try:
+            check_density(d)
+        except ValueError as e:
+            raise SpruceError(f"override {glob!r}: {e}", field="overrides") from None
+        if not any(matches(n, (glob,)) for n in names):
+            raise SpruceError(f"override {glob!r} matches no prunable layer; prunable layers "
+                              f"are {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}",
+                              field="overrides")
 
 
 def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
           density: float | None = None, criterion: str | dict | Criterion = "magnitude",
-          scope: str = "uniform", exclude: Iterable[str] = (),
+          scope: str = "uniform", exclude: str | Iterable[str] = (),
           overrides: dict[str, float] | None = None,
           calibration: Iterable | None = None, example_input: Any = None,
           coupled: dict[str, bool] | None = None, **pattern_kwargs: Any) -> PruneReport:
@@ -96,6 +155,14 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
     ``density`` is the fraction of weights kept (N:M patterns fix it to N/M).
     ``pattern_kwargs`` go to the pattern (``n, m`` for N:M, ``block=(bo, bk)``,
     ``reduce`` for the group score). ``calibration`` feeds the Taylor criterion.
+    ``exclude``: one module-name glob or a list of them. ``overrides``: glob → density; a
+    glob that matches no prunable layer is an error.
+
+    Tied weights: a parameter shared by layers of one kind and shape gets one mask that
+    every user reads (one row, the others in ``LayerRow.shared``); a layer whose weight is
+    tied to an embedding (GPT-2's and Llama's LM heads) stays dense and is listed in
+    ``skipped`` — masking the head alone would leave the embedding reading the unmasked
+    weight. Untie it (``head.weight = nn.Parameter(head.weight.clone())``) to prune it.
 
     ``scope="coupled"`` (with ``pattern="channel"``) prunes structures instead of layers:
     the model is traced on ``example_input`` into a dependency graph, and every coupled
@@ -118,25 +185,20 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
         raise ValueError(f"pattern '{pat.name}' needs a density in (0, 1] (fraction kept)")
     if density is not None:
         density = check_density(density)
-    for glob, d in overrides.items():
-        if not isinstance(d, (int, float)):
-            raise ValueError(f"override {glob!r}: density must be a number; got {d!r}")
-        try:
-            check_density(d)
-        except ValueError as e:
-            raise ValueError(f"override {glob!r}: {e}") from None
-
-    layers, skipped = prunable_layers(model, tuple(exclude))
+    found = find_layers(model, globs_of(exclude))
+    layers = found.layers
     if not layers:
-        raise ValueError("no prunable layers (nn.Linear / nn.Conv2d with groups=1) in the "
-                         f"model; module types found: {', '.join(module_types(model))}")
-    _check_weights(layers)
+        raise SpruceError("no prunable layers (nn.Linear, nn.Conv1d/2d/3d with groups=1, "
+                          "transformers' Conv1D) in the model; module types found: "
+                          f"{', '.join(module_types(model))}")
+    _check_overrides(overrides, [n for name in layers for n in (name, *found.shared[name])])
+    _check_layers(layers)
     patterns = {name: pat.for_view(taps(layer)) for name, layer in layers.items()}
     for name in layers:
         try:
             patterns[name].check_shape(view_shape(layers[name]))
         except ValueError as e:
-            raise ValueError(f"layer '{name}': {e}") from None
+            raise SpruceError(str(e), layer=name) from None
 
     scores = crit.scores(model, layers)
     existing = {name: _cpu(get_mask(layer)) for name, layer in layers.items()}
@@ -150,11 +212,12 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
     rows = []
     for name, layer in layers.items():
         target = _target(name, pat, density, scope, overrides)
-        attach(layer, masks[name], {**info, "target": target})
+        attach(layer, masks[name], {**info, "target": target}, found.followers[name])
         kept = int(masks[name].sum())
-        rows.append(LayerRow(name, type(layer).__name__, view_shape(layer), pattern_label(pat),
-                             target, kept / masks[name].numel(), kept, masks[name].numel()))
-    return PruneReport(rows, skipped, pat.spec(), crit.spec(), scope, density)
+        rows.append(LayerRow(name, type_name(layer), view_shape(layer), pattern_label(pat),
+                             target, kept / masks[name].numel(), kept, masks[name].numel(),
+                             found.shared[name]))
+    return PruneReport(rows, found.skipped, pat.spec(), crit.spec(), scope, density)
 
 
 def _prune_coupled(model: nn.Module, pattern: Any, density: float | None, criterion: Any,
@@ -175,7 +238,7 @@ def _prune_coupled(model: nn.Module, pattern: Any, density: float | None, criter
     for name, mask in masks.items():
         layer = model.get_submodule(name)
         kept = int(mask.sum())
-        rows.append(LayerRow(name, type(layer).__bases__[0].__name__, view_shape(layer),
+        rows.append(LayerRow(name, type_name(layer), view_shape(layer),
                              "structured", None, kept / mask.numel(), kept, mask.numel()))
     _, skipped = prunable_layers(model, tuple(exclude))
     return PruneReport(rows, skipped, dict(SPEC), crit.spec(), "coupled", density,

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..io import save
 from ..patterns import get_pattern
 from ..prune import prune
-from ..view import prunable_layers, view_shape
+from ..view import find_layers, type_name, view_shape
 from .common import console, fail, fmt_count, load_model, print_skipped, report_table
 
 DEMO_PATTERNS = ("element", "2:4", "block", "group", "channel")
@@ -22,25 +22,27 @@ def info(model: str = typer.Argument(..., help="zoo name (resnet18, vgg16, ...) 
                                            "(default for images), qqp (default for text)"),
          block: str = typer.Option("8x8", help="block shape used for the block group count"),
          ) -> None:
-    """List prunable layers, their 2-D view shapes and group counts per pattern."""
+    """List prunable layers, their 2-D view shapes and group counts per pattern, and every
+    module with weights that stays dense, with the reason."""
     try:
         net = load_model(model, dataset)
         bo, bk = (int(v) for v in block.lower().split("x"))
     except ValueError as e:
         fail(str(e))
-    layers, skipped = prunable_layers(net)
-    table = Table(title=f"{model} ({dataset or 'default'}): {len(layers)} prunable layers",
+    found = find_layers(net)
+    table = Table(title=f"{model} ({dataset or 'default'}): {len(found.layers)} prunable layers",
                   title_justify="left")
     for col in ("layer", "type", "view R×K", "params", "2:4 runs", f"{bo}×{bk} blocks",
                 "groups (cols)", "channels (rows)"):
         table.add_column(col, justify="left" if col in ("layer", "type") else "right")
-    for name, layer in layers.items():
+    for name, layer in found.layers.items():
         r, k = view_shape(layer)
-        table.add_row(name, type(layer).__name__, f"{r}×{k}", fmt_count(r * k),
+        shared = f" (also {', '.join(found.shared[name])})" if found.shared[name] else ""
+        table.add_row(name + shared, type_name(layer), f"{r}×{k}", fmt_count(r * k),
                       str(r * math.ceil(k / 4)), str(math.ceil(r / bo) * math.ceil(k / bk)),
                       str(k), str(r))
     console.print(table)
-    for s in skipped:
+    for s in found.skipped:
         console.print(f"  [dim]left dense:[/] {s.name} — {s.reason}")
 
 

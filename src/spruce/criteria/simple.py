@@ -33,13 +33,18 @@ def lamp_scores(values: torch.Tensor) -> torch.Tensor:
     layers compare; the largest entry of every layer scores 1. Ties keep index order.
     """
     flat = values.reshape(-1).to(torch.float64)
-    order = torch.argsort(flat, stable=True)
+    order = torch.sort(order_keys(flat), stable=True)[1]
     ordered = flat[order]
     suffix = torch.flip(torch.cumsum(torch.flip(ordered, [0]), 0), [0])
     ratio = torch.where(suffix > 0, ordered / suffix.clamp_min(1e-300), torch.zeros_like(ordered))
-    out = torch.empty_like(flat)
-    out[order] = ratio
-    return out.reshape(values.shape)
+    return torch.empty_like(ordered).scatter_(0, order, ratio).reshape(values.shape)
+
+
+def order_keys(x: torch.Tensor) -> torch.Tensor:
+    """float64 → int64 keys in the same order, equal floats giving equal keys (-0.0 is 0.0;
+    no NaN). Integers sort about twice as fast as floats on the CPU."""
+    bits = (x.to(torch.float64) + 0.0).view(torch.int64)
+    return bits ^ ((bits >> 63) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 @register("lamp")

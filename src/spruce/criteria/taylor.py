@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..view import layer_view, to_view
+from ..view import layer_view, view_of
 from .base import Criterion, register
 
 
@@ -62,7 +62,7 @@ class Taylor(Criterion):
             for n, g in zip(names, grads, strict=False):
                 if g is not None:
                     w = layer_view(layers[n]).detach()
-                    total[n] += (w * to_view(g)).abs().float().cpu()
+                    total[n] += (w * view_of(layers[n], g)).abs().float().cpu()
             n_batches += 1
         if n_batches == 0:
             raise ValueError("criterion 'taylor': the calibration data yielded no batch")

@@ -22,9 +22,9 @@ from torch import nn
 
 from ..criteria import get_criterion
 from ..errors import SpruceError
-from ..masks import attach, get_mask
+from ..masks import attach, get_mask, original_weight
 from ..patterns.base import check_density, kept_count, top_groups
-from ..view import PRUNABLE_TYPES, from_view, layer_view, skip_reason
+from ..view import kind_of, skip_reason, unview, view_of
 from .graph import build
 from .groups import CoupledGroup, coupled_groups
 
@@ -53,7 +53,7 @@ def options(coupled: dict[str, bool] | CoupledOptions | None) -> CoupledOptions:
 def _layer(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
     path, _, attr = name.rpartition(".")
     mod = model.get_submodule(path) if path else model
-    if attr != "weight" or not isinstance(mod, PRUNABLE_TYPES) or skip_reason(mod):
+    if attr != "weight" or kind_of(mod) is None or skip_reason(mod):
         return None
     return path, mod
 
@@ -108,7 +108,7 @@ def plan(model: nn.Module, example_input: Any, density: float, criterion: Any = 
                 layers[name] = found
     crit = get_criterion(criterion)
     views = crit.scores(model, {path: mod for path, mod in layers.values()})
-    weights = {name: from_view(views[path].detach().cpu(), layer_view(mod))
+    weights = {name: unview(mod, views[path].detach().cpu())
                for name, (path, mod) in layers.items()}
     choice = []
     for gi, g in enumerate(groups):
@@ -131,7 +131,7 @@ def masks_for(model: nn.Module, groups: list[CoupledGroup],
             found = _layer(model, name)
             if found is None or not units:
                 continue
-            w = found[1].weight
+            w = original_weight(found[1])
             m = masks.setdefault(found[0], torch.ones(w.shape, dtype=torch.bool))
             idx = torch.as_tensor(np.concatenate([g.positions[u][(name, axis)] for u in units]))
             m.index_fill_(axis, idx, False)
@@ -146,8 +146,7 @@ def prune_coupled(model: nn.Module, density: float, criterion: Any, example_inpu
     masks = masks_for(model, groups, choice)
     for path, m in masks.items():
         layer = model.get_submodule(path)
-        attach(layer, m.reshape(m.shape[0], -1), {"patterns": [dict(SPEC)],
-                                                   "scope": "coupled"})
+        attach(layer, view_of(layer, m), {"patterns": [dict(SPEC)], "scope": "coupled"})
     summary = [{"group": groups[gi].name, "kind": groups[gi].kind,
                 "units": len(groups[gi].units), "kept": len(groups[gi].units) - len(units),
                 "reason": why} for gi, units, why in choice]

@@ -363,6 +363,8 @@ def measure(args: argparse.Namespace) -> None:
     preset, chosen = select(args.preset, args.models, args.variants)
     device = torch.device(args.device or preset.device)
     dtype = preset.dtype if device.type == "cuda" else torch.float32
+    if device.type == "cpu" and preset.threads:
+        torch.set_num_threads(preset.threads)
     torch.backends.cuda.matmul.allow_tf32 = False   # fp32 references in full fp32
     torch.backends.cudnn.allow_tf32 = False
     plan = Plan(device, preset.min_runs, args.min_time_s or preset.min_time_s,

@@ -110,7 +110,7 @@ def test_resnet18_floor_is_resnet18_at_half_width_everywhere():
         floor = FAMILIES["resnet"].floor(_resnet_case("resnet18"), VARIANTS["coupled"], HALF)
         dense = spruce.zoo.build("resnet18", "imagenet")
     assert [n for n, _ in floor.named_modules()] == [n for n, _ in dense.named_modules()]
-    for (name, p), q in zip(floor.named_parameters(), dense.parameters()):
+    for (name, p), q in zip(floor.named_parameters(), dense.parameters(), strict=True):
         kept_dims = {"conv1.weight": {1}, "fc.weight": {0}, "fc.bias": {0}}.get(name, set())
         want = [s // 2 if i < 2 and i not in kept_dims else s for i, s in enumerate(q.shape)]
         assert list(p.shape) == want, name   # out and in channels halved, kernels kept
@@ -224,7 +224,7 @@ def test_a_row_end_to_end_checks_errors_flops_and_the_floor(monkeypatch):
     assert row["floor_source"] == "config" and row["floor_same_shapes"] is False
     assert row["best_dense"] == "dense_eager_ms" and row["ratio_eager"] > 0
     assert row["prune_call"] == {"pattern": "channel", "density": 0.5, "scope": "coupled",
-                                 "exclude": ["fc"], "coupled": {"stream": False}}
+                                 "exclude": [], "coupled": {"stream": False}}
 
 
 def test_a_failed_prune_is_recorded_and_the_floor_still_measured(monkeypatch):

@@ -133,7 +133,7 @@ RESNET_FAMILY = Family(
     floor=lambda case, variant, keep: _resnet(case, resnet_floor_widths(case, variant, keep)),
     floor_note="",
     describe=lambda case: f"{zoo.DATASETS[case.size['dataset']].image_size}²",
-    exclude=("fc",), channels_last=True, calibrate=True)
+    channels_last=True, calibrate=True)   # fc stays whole: coupled pruning keeps outputs
 
 
 # --------------------------------------------------------------------- HF transformers

@@ -24,7 +24,7 @@ from structure_metrics import (add_ratios, best_dense, count_flops, degenerate, 
 from structure_models import (FAMILIES, PRESETS, VARIANTS, Case, kept,  # noqa: E402
                               resnet_floor_widths)
 from structure_profile import kernel_class  # noqa: E402
-from structure_render import HEADER, merge, render  # noqa: E402
+from structure_render import HEADER, merge, merge_files, render  # noqa: E402
 from structure_timing import Plan  # noqa: E402
 
 HALF = lambda n: kept(n, 0.5)  # noqa: E731
@@ -157,6 +157,14 @@ def test_merge_replaces_rows_measured_again_and_drops_empty_runs():
     assert len(first["runs"][0]["rows"]) == 2                     # not changed
     third = merge(second, {"command": "c", "rows": [_row("r18", "inner")]})
     assert [r["command"] for r in third["runs"]] == ["b", "c"]
+
+
+def test_merging_files_of_separate_calls_keeps_each_model_once():
+    a = {"runs": [{"command": "a", "rows": [_row("r18", "coupled"), _row("r50", "coupled")]}]}
+    b = {"runs": [{"command": "b", "rows": [_row("r50", "coupled", x=2)]}]}
+    merged = merge_files(merge_files(None, a), b)
+    rows = [(r["model"], r.get("x")) for run in merged["runs"] for r in run["rows"]]
+    assert rows == [("r18", None), ("r50", 2)]
 
 
 def test_render_is_one_table_with_flags_failures_and_floor_source():

@@ -25,6 +25,8 @@ and batch 64, BERT-base at 128 tokens and ViT-B/16 at 224² with batch 64, a Lla
    of the dense and compacted models, eager and compiled, printed and kept in the JSON.
 
 ``--output DIR`` writes (merges into) ``DIR/results.json`` after every model;
+``--merge A/results.json B/results.json --output DIR`` gathers the files of separate calls
+into ``DIR/results.json`` (a model measured again replaces its earlier rows);
 ``--render DIR`` writes ``DIR/README.md``, the table of ``DIR/results.json``. A stage that
 fails (compaction missing, out of memory) is recorded in its row and the run goes on.
 
@@ -62,7 +64,7 @@ from structure_metrics import (add_ratios, count_flops, degenerate, first_tensor
                                rel_error, weight_shapes)
 from structure_models import FAMILIES, PRESETS, VARIANTS, Case, Family, Variant, kept
 from structure_profile import render_split
-from structure_render import merge, render
+from structure_render import merge, merge_files, render
 from structure_timing import Measured, Plan, compiled, eager, graph
 
 ERR_TOL = {torch.float16: 5e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4}
@@ -353,9 +355,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="skip the torch.compile paths (a quick dry run of everything else)")
     ap.add_argument("--output", type=Path, help="folder to write (merge) results.json into")
     ap.add_argument("--render", type=Path, help="folder whose results.json becomes README.md")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
+                    help="merge these results.json files (runs of other calls) into "
+                         "--output DIR instead of measuring")
     args = ap.parse_args(argv)
     if args.output is None and args.render is None:
         ap.error("give --output DIR (measure), --render DIR (table), or both")
+    if args.merge and args.output is None:
+        ap.error("--merge needs --output DIR: the folder whose results.json takes the runs")
     return args
 
 
@@ -397,7 +404,12 @@ def measure(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.output is not None:
+    if args.merge:
+        results = load_results(args.output)
+        for path in args.merge:
+            results = merge_files(results, json.loads(path.read_text()))
+        write_results(args.output, results)
+    elif args.output is not None:
         measure(args)
     if args.render is not None:
         results = load_results(args.render)

@@ -30,6 +30,14 @@ def merge(old: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
     return {"program": PROGRAM, "runs": [*runs, run]}
 
 
+def merge_files(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Every run of the results ``new`` merged, in order, into ``old`` (see ``merge``)."""
+    merged = old or {"program": PROGRAM, "runs": []}
+    for run in new.get("runs", []):
+        merged = merge(merged, run)
+    return merged
+
+
 def _ms(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "—"
 

@@ -58,77 +58,17 @@ import torch
 from torch import nn
 
 import spruce
-from spruce.bench import environment, make_inputs
+from spruce.bench import environment
 from spruce.errors import SpruceError
-from structure_metrics import (add_ratios, count_flops, degenerate, first_tensor, params,
-                               rel_error, weight_shapes)
-from structure_models import FAMILIES, PRESETS, VARIANTS, Case, Family, Variant, kept
+from structure_metrics import (add_ratios, call, count_flops, degenerate, params, rel_error,
+                               weight_shapes)
+from structure_models import (FAMILIES, PRESETS, VARIANTS, Case, Family, Variant, build,
+                              fresh_copy, inputs_for, kept, reference, timed_copy)
 from structure_profile import render_split
 from structure_render import merge, merge_files, render
 from structure_timing import Measured, Plan, compiled, eager, graph
 
 ERR_TOL = {torch.float16: 5e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4}
-
-
-# ------------------------------------------------------------------------ model set-up
-
-def calibrate_bn(model: nn.Module, example: Any, batches: int = 4) -> None:
-    """BatchNorm running statistics as the cumulative average over ``batches`` random
-    standard-normal inputs shaped like ``example``, in train mode; then eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn_like(example))
-    for bn in bns:
-        bn.momentum = 0.1
-    model.eval()
-
-
-def build(fam: Family, make, device: torch.device, example: Any) -> nn.Module | None:
-    """``make()`` on ``device`` with a fixed seed, calibrated where the family needs it."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = make()
-    if model is None:
-        return None
-    if fam.calibrate:
-        calibrate_bn(model, example)
-    return model.eval()
-
-
-def timed_copy(model: nn.Module, dtype: torch.dtype, channels_last: bool) -> nn.Module:
-    m = copy.deepcopy(model).to(dtype).eval()
-    return m.to(memory_format=torch.channels_last) if channels_last else m
-
-
-def fresh_copy(model: nn.Module) -> nn.Module:
-    """A copy whose parameters and buffers sit in fresh contiguous storage."""
-    m = copy.deepcopy(model)
-    for t in [*m.parameters(), *m.buffers()]:
-        t.data = t.data.clone(memory_format=torch.contiguous_format)
-    return m
-
-
-def inputs_for(case: Case, fam: Family, dtype: torch.dtype, device: torch.device):
-    """Rotating timed inputs and the fp32 reference input (the values of the first)."""
-    example = fam.example(case)
-    if isinstance(example, torch.Tensor) and fam.channels_last:
-        example = example.contiguous(memory_format=torch.channels_last)
-    inputs = make_inputs(example, dtype=dtype, device=device, vocab=fam.vocab(case))
-    first = inputs[0]
-    ref = {k: v.float() if v.is_floating_point() else v for k, v in first.items()} \
-        if isinstance(first, dict) else first.float().contiguous()
-    return inputs, ref
-
-
-def reference(model: nn.Module, x: Any) -> torch.Tensor:
-    with torch.inference_mode():
-        out = model(**x) if isinstance(x, dict) else model(x)
-    return first_tensor(out).float().clone()
 
 
 # ---------------------------------------------------------------------------- stages
@@ -154,17 +94,13 @@ def measure_dense(model: nn.Module, inputs: list, plan: Plan, row: dict) -> None
     """Dense eager, CUDA graph (CUDA only) and compiled; fields into ``row``."""
     cuda = plan.device.type == "cuda"
     paths = {"eager": lambda: eager(model, inputs, plan),
-             "graph": (lambda: graph(lambda x: _call(model, x), inputs, plan)) if cuda else None,
+             "graph": (lambda: graph(lambda x: call(model, x), inputs, plan)) if cuda else None,
              "compiled": lambda: compiled(model, inputs, plan)}
     for name, run in paths.items():
         m = attempt(row, f"dense {name}", run) if run else None
         _record(row, f"dense_{name}", m)
     row["flops_dense"] = attempt(row, "dense flops", count_flops, model, inputs[0])
     row["params_dense"] = params(model)
-
-
-def _call(model: nn.Module, x: Any) -> Any:
-    return model(**x) if isinstance(x, dict) else model(x)
 
 
 def _record(row: dict, prefix: str, m: Measured | None) -> None:
@@ -203,9 +139,10 @@ def run_variant(case: Case, fam: Family, variant: Variant, dense32: nn.Module, c
     kwargs = dict(pattern="channel", density=ctx.density, scope="coupled",
                   example_input=ctx.ref_in, exclude=list(fam.exclude), **variant.prune_kwargs)
     row["prune_call"] = {k: v for k, v in kwargs.items() if k != "example_input"}
-    small = None
+    small = ref = None
     if attempt(row, "prune", spruce.prune, pruned, **kwargs) is not None:
-        ref = reference(pruned, ctx.ref_in)
+        ref = attempt(row, "pruned reference", reference, pruned, ctx.ref_in)
+    if ref is not None:
         flag = degenerate(ref)
         row["degenerate"] = row.get("degenerate") or (flag and f"pruned reference: {flag}")
         small = attempt(row, "compact", spruce.compact, pruned, example_input=ctx.ref_in)
@@ -276,9 +213,9 @@ def run_case(case: Case, plan: Plan, dtype: torch.dtype, density: float,
             "compile+graph" if plan.device.type == "cuda" else "compile"}
     dense32 = attempt(base, "build", build, fam, lambda: fam.build(case), plan.device,
                       ctx.calib)
-    if dense32 is None:
+    ref = None if dense32 is None else attempt(base, "reference", reference, dense32, ref_in)
+    if ref is None:
         return [{**base, "variant": v} for v in variants]
-    ref = reference(dense32, ref_in)
     flag = degenerate(ref)
     base["degenerate"] = flag and f"dense reference: {flag}"
     dense = timed_copy(dense32, dtype, fam.channels_last)
@@ -387,7 +324,13 @@ def measure(args: argparse.Namespace) -> None:
     for case, variants in chosen:
         t0 = time.perf_counter()
         print(f"{case.name}: {', '.join(variants)}", flush=True)
-        rows = run_case(case, plan, dtype, args.density, variants)
+        try:
+            rows = run_case(case, plan, dtype, args.density, variants)
+        except Exception as e:  # noqa: BLE001 - record it and go on to the next model
+            rows = [{"model": case.name, "variant": v, "errors": {"case": f"{type(e).__name__}: "
+                                                                   f"{e}"[:600]}}
+                    for v in variants]
+            print(f"  [{case.name}] failed: {e}", file=sys.stderr, flush=True)
         for row in rows:
             row["case_s"] = round(time.perf_counter() - t0, 1)
         run["rows"] += rows

@@ -20,11 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import copy
+
 import torch
 from torch import nn
 
 from spruce import zoo
+from spruce.bench import make_inputs
 from spruce.zoo.resnet import DEFAULT_WIDTHS, BasicBlock, Bottleneck, ResNet
+from structure_metrics import call, first_tensor
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,67 @@ LLAMA_FAMILY = Family(
 
 FAMILIES = {"resnet": RESNET_FAMILY, "bert": BERT_FAMILY, "vit": VIT_FAMILY,
             "llama": LLAMA_FAMILY}
+
+
+# ------------------------------------------------------------------------ set-up
+
+def calibrate_bn(model: nn.Module, example: Any, batches: int = 4) -> None:
+    """BatchNorm running statistics as the cumulative average over ``batches`` random
+    standard-normal inputs shaped like ``example``, in train mode; then eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn_like(example))
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
+def build(fam: Family, make, device: torch.device, example: Any) -> nn.Module | None:
+    """``make()`` on ``device`` with a fixed seed, calibrated where the family needs it."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = make()
+    if model is None:
+        return None
+    if fam.calibrate:
+        calibrate_bn(model, example)
+    return model.eval()
+
+
+def timed_copy(model: nn.Module, dtype: torch.dtype, channels_last: bool) -> nn.Module:
+    m = copy.deepcopy(model).to(dtype).eval()
+    return m.to(memory_format=torch.channels_last) if channels_last else m
+
+
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """A copy whose parameters and buffers sit in fresh contiguous storage."""
+    m = copy.deepcopy(model)
+    for t in [*m.parameters(), *m.buffers()]:
+        t.data = t.data.clone(memory_format=torch.contiguous_format)
+    return m
+
+
+def inputs_for(case: Case, fam: Family, dtype: torch.dtype, device: torch.device):
+    """Rotating timed inputs and the fp32 reference input (the values of the first)."""
+    example = fam.example(case)
+    if isinstance(example, torch.Tensor) and fam.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    inputs = make_inputs(example, dtype=dtype, device=device, vocab=fam.vocab(case))
+    first = inputs[0]
+    ref = {k: v.float() if v.is_floating_point() else v for k, v in first.items()} \
+        if isinstance(first, dict) else first.float().contiguous()
+    return inputs, ref
+
+
+def reference(model: nn.Module, x: Any) -> torch.Tensor:
+    """The fp32 output a model is judged by (see ``first_tensor``)."""
+    with torch.inference_mode():
+        return first_tensor(call(model, x)).float().clone()
 
 
 # ------------------------------------------------------------------------------ presets

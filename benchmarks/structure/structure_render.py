@@ -46,15 +46,20 @@ def _x(value: Any) -> str:
     return f"{value:.2f}×" if isinstance(value, (int, float)) and math.isfinite(value) else "—"
 
 
-def _failed(row: dict[str, Any], *stages: str) -> str | None:
-    """'failed (stage)' for the first of ``stages`` with an error in the row."""
-    errors = row.get("errors", {})
-    stage = next((s for s in stages if s in errors), None)
+# the stages whose failure leaves a cell empty (error keys start with one of these)
+BEFORE_ANY = ("case", "build", "reference")
+COMPACTED_STAGES = (*BEFORE_ANY, "prune", "pruned reference", "compact")
+FLOOR_STAGES = (*BEFORE_ANY, "floor")
+
+
+def _failed(row: dict[str, Any], stages: tuple[str, ...]) -> str | None:
+    """'failed (stage)' for the first recorded error of one of ``stages``."""
+    stage = next((k for k in row.get("errors", {}) if k.startswith(stages)), None)
     return f"failed ({stage})" if stage else None
 
 
 def _compacted(row: dict[str, Any]) -> str:
-    failed = _failed(row, "prune", "compact", "compacted")
+    failed = _failed(row, COMPACTED_STAGES)
     if failed and row.get("compacted_compiled_ms") is None:
         return failed
     eager = row.get("compacted_eager_ms")
@@ -63,7 +68,7 @@ def _compacted(row: dict[str, Any]) -> str:
 
 
 def _floor(row: dict[str, Any]) -> str:
-    failed = _failed(row, "floor")
+    failed = _failed(row, FLOOR_STAGES)
     if failed and row.get("floor_compiled_ms") is None:
         return failed
     text = _ms(row.get("floor_compiled_ms"))

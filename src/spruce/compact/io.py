@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from .. import __version__
-from ..io import atomic_save, read_header
-from ..masks import attach, mask_info, mask_module, masked_layers, set_submodule
-from ..view import to_view
+from ..errors import SpruceError
+from ..fileformat import Fields, Stored, check_finite, expect_format, mask_infos, read_stored
+from ..io import MASK_SUFFIX, atomic_save, load_masks
+from ..masks import mask_info, mask_module, masked_layers, set_submodule
 from .core import CompactionReport
 from .rewrite import RESIZABLE, resize, spec
 
@@ -56,42 +56,81 @@ def save_compacted(model: nn.Module, path: str | os.PathLike,
     return atomic_save(model.state_dict(), path, header)
 
 
+SPEC_TYPES = ("Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d", "Identity")
+
+
+def check_layer_shapes(stored: Stored, model: nn.Module, key: str) -> dict[str, Any]:
+    """The header's layer shapes (``stored.header[key]``), each naming a module of
+    ``model`` of the same type, no larger than it (compaction only removes): checked
+    before anything is resized or allocated."""
+    shapes = stored.fields().dict(key)
+    for name, want in shapes.items():
+        g = Fields(want, stored.path, name, what="a layer shape")
+        kind = g.str("type", SPEC_TYPES)
+        try:
+            have = spec(model.get_submodule(name))
+        except AttributeError:
+            raise SpruceError("this layer of the file does not exist in the model; load it "
+                              "into the architecture it was compacted from",
+                              path=stored.path, layer=name) from None
+        if kind == "Identity":
+            if not have["type"].startswith("BatchNorm") and have["type"] != "Identity":
+                g.fail("type", f"only a BatchNorm folds away, the model has a {have['type']}")
+            continue
+        if kind != have["type"]:
+            g.fail("type", f"{kind} in the file, {have['type']} in the model; load it into "
+                   "the architecture it was compacted from")
+        g.int("out", 1, have["out"])
+        if "in" in have:
+            g.int("in", 1, have["in"])
+            g.bool("bias")
+    return shapes
+
+
 def resize_layers(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Module:
     """Resize ``model``'s modules (in place) to the specs in ``shapes``; returns it."""
     for name, want in shapes.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"layer '{name}' of the file does not exist in the model; load "
-                             "it into the architecture it was compacted from") from None
+            raise SpruceError("this layer of the file does not exist in the model; load "
+                              "it into the architecture it was compacted from",
+                              layer=name) from None
         new = resize(name, module, want)
         if new is not module:
             set_submodule(model, name, new)
     return model
 
 
-def load_compacted(path: str | os.PathLike, model: nn.Module,
-                   header: dict[str, Any] | None = None) -> nn.Module:
-    """A new model: ``model``'s architecture resized to the file's shapes, with its weights
-    and masks. ``model`` itself is not changed."""
-    path = Path(path)
-    header = read_header(path) if header is None else header
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path}: holds a {header.get('format')!r} model, not a compacted "
-                         "one; load it with spruce.load")
-    work = resize_layers(copy.deepcopy(model), header["layers"])
-    for name, info in header.get("masks", {}).items():
-        layer = work.get_submodule(name)
-        param = mask_module(layer)
-        if param is None:
-            param = attach(layer, torch.ones_like(to_view(layer.weight), dtype=torch.bool), {})
-        param.info = {k: v for k, v in info.items() if k != "density"}
+def _report(stored: Stored) -> CompactionReport:
+    data = stored.fields().dict("report", optional=True) or {}
     try:
-        work.load_state_dict(load_file(str(path)), strict=True)
+        return CompactionReport.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise SpruceError(f"not a compaction report ({e})", path=stored.path,
+                          field="report") from None
+
+
+def load_compacted(path: str | os.PathLike, model: nn.Module,
+                   stored: Stored | None = None) -> nn.Module:
+    """A new model: ``model``'s architecture resized to the file's shapes, with its weights
+    and masks. ``model`` itself is not changed. Everything is checked first (see
+    :mod:`spruce.fileformat`)."""
+    stored = read_stored(path) if stored is None else stored
+    expect_format(stored, FORMAT)
+    shapes = check_layer_shapes(stored, model, "layers")
+    infos = mask_infos(stored.fields(), "masks")
+    report = _report(stored)
+    work = resize_layers(copy.deepcopy(model), shapes)
+    tensors = load_file(str(stored.path))
+    check_finite({k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX[1:])},
+                 stored.path)
+    load_masks(stored, tensors, work, infos)
+    try:
+        work.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: does not fit the model ({str(e).splitlines()[0]} …); "
-                         "was it compacted from another model?") from None
-    work.spruce_compaction = CompactionReport.from_dict(header.get("report") or {})
-    work.spruce_compaction.folded = [n for n, s in header["layers"].items()
-                                     if s["type"] == "Identity"]
+        raise SpruceError(f"does not fit the model ({str(e).splitlines()[0]} …); was it "
+                          "compacted from another model?", path=stored.path) from None
+    work.spruce_compaction = report
+    work.spruce_compaction.folded = [n for n, s in shapes.items() if s["type"] == "Identity"]
     return work

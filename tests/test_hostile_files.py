@@ -382,3 +382,37 @@ def test_bad_plans_name_the_plan_file(files, tmp_path, edit, match):
     model = spruce.load(files["masked_group"], tiny())
     with pytest.raises(SpruceError, match="edited.json: .*" + match):
         spruce.convert(model, "auto", example_input=example(), plan=plan, timing=FAST)
+
+
+def test_a_plan_without_optional_fields_is_reused(files, tmp_path):
+    data = json.loads(files["plan"].read_text())
+    for choice in data["layers"].values():
+        for key in ("reverted", "probed", "errors"):
+            choice.pop(key)
+    plan = tmp_path / "old.json"
+    plan.write_text(json.dumps(data))
+    model = spruce.load(files["masked_group"], tiny())
+    fast = spruce.convert(model, "auto", example_input=example(), plan=plan, timing=FAST)
+    assert {n: c.choice for n, c in fast.spruce_plan.layers.items()} == \
+        {n: c["choice"] for n, c in data["layers"].items()}
+
+
+class WithInfBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.register_buffer("floor", torch.tensor([float("-inf"), 0.0]))
+
+    def forward(self, x):
+        return self.fc(x).clamp_min(self.floor[1])
+
+
+def test_the_architectures_own_inf_buffers_still_load(tmp_path):
+    model = WithInfBuffer()
+    spruce.prune(model, "group", 0.5)
+    fresh = spruce.load(spruce.save(model, tmp_path / "inf.safetensors"), WithInfBuffer())
+    x = torch.randn(3, 8)
+    assert torch.equal(fresh(x), model(x))
+    fast = spruce.convert(model, "groupwise", example_input=x)
+    loaded = spruce.load(spruce.save(fast, tmp_path / "fast.safetensors"), WithInfBuffer())
+    assert torch.equal(loaded(x), fast(x))

@@ -199,8 +199,13 @@ def layer_key(name: str, suffix: str) -> str:
 
 # ------------------------------------------------------------------ tensors after loading
 
-def check_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+def check_finite(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Every float tensor but those in ``skip`` (the architecture's own buffers, which may
+    legitimately hold ``-inf``) is finite."""
     for key, t in tensors.items():
+        if key in skip:
+            continue
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise SpruceError(f"tensor '{key}' holds {bad} NaN/inf values; the file is "
@@ -322,12 +327,12 @@ def check_plan(data: Any, path: str | os.PathLike, fmt: str, backends: list[str]
         if c.get("input_shape", list, optional=True) is not None:
             c.ints("input_shape", len(choice["input_shape"]), lo=0)
         _numbers(c, "times_ms")
-        if not all(isinstance(v, str) for v in c.dict("errors").values()):
+        if not all(isinstance(v, str) for v in (c.dict("errors", True) or {}).values()):
             c.fail("errors", "values must be strings")
-        c.str("choice", backends)
-        c.bool("reverted")
-        probed = c.get("probed", list)
-        if not all(isinstance(v, str) for v in probed):
+        c.str("choice", backends, optional=True)
+        if "reverted" in choice:
+            c.bool("reverted")
+        if not all(isinstance(v, str) for v in c.get("probed", list, optional=True) or []):
             c.fail("probed", "must be a list of backend names")
         unknown = set(choice) - {"name", "key", "view", "input_shape", "times_ms", "errors",
                                  "choice", "reverted", "probed"}
@@ -336,7 +341,7 @@ def check_plan(data: Any, path: str | os.PathLike, fmt: str, backends: list[str]
 
 
 def _numbers(f: Fields, key: str) -> None:
-    values = f.dict(key)
+    values = f.dict(key, optional=True) or {}
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                and v >= 0 for v in values.values()):
         f.fail(key, "must map names to non-negative times in ms")

@@ -199,7 +199,7 @@ def load(path: str | os.PathLike, model: nn.Module, stored: Stored | None = None
     _check_stored(stored, model, list(infos))
     tensors = load_file(str(stored.path))
     check_finite({k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX.lstrip("."))},
-                 stored.path)
+                 stored.path, {k for k, _ in model.named_buffers()})
     load_masks(stored, tensors, model, infos)
     model.load_state_dict(tensors, strict=True)
     return model

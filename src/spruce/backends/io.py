@@ -68,8 +68,8 @@ def _check_layer(stored: Stored, name: str, cfg: Any, module: nn.Module,
         f.fail("backend", f"{backend.name} replaces a Linear/Conv2d, the model has a "
                f"{type(module).__name__} here; pass the architecture the file came from")
     have = (int(module.weight.shape[0]), int(module.weight[0].numel()))
-    compacted = stored.header.get("compaction") is not None
-    if lay.view != have and not (compacted and lay.view <= have and lay.view[1] <= have[1]):
+    smaller = lay.view[0] <= have[0] and lay.view[1] <= have[1]
+    if lay.view != have and not (stored.header.get("compaction") is not None and smaller):
         f.fail("shape", f"the file's layer is {list(lay.view)}, the model's {list(have)}; pass "
                "the architecture the file was converted from")
     geom = ConvGeom.of(module).config() if isinstance(module, nn.Conv2d) else None
@@ -85,7 +85,7 @@ def _check_layer(stored: Stored, name: str, cfg: Any, module: nn.Module,
     return backend
 
 
-def _check_header(stored: Stored, model: nn.Module) -> tuple[torch.dtype, dict[str, Any]]:
+def _check_header(stored: Stored) -> tuple[torch.dtype, dict[str, Any]]:
     f = stored.fields()
     dtype = DTYPES[f.str("dtype", tuple(DTYPES))]
     floats = sorted({str(d) for d in stored.dtypes.values() if d.is_floating_point} -
@@ -106,7 +106,7 @@ def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -
     allocated, indices before the model is returned."""
     stored = read_stored(path) if stored is None else stored
     expect_format(stored, "converted")
-    dtype, layers = _check_header(stored, model)
+    dtype, layers = _check_header(stored)
     work = copy.deepcopy(model)
     backends = {}
     for name, cfg in layers.items():
@@ -121,7 +121,8 @@ def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -
         set_submodule(work, name, backends[name].empty(cfg))
     work = work.to(dtype)
     tensors = load_file(str(stored.path))
-    check_finite(tensors, stored.path)
+    own = {k for k, _ in model.named_buffers() if k.rpartition(".")[0] not in layers}
+    check_finite(tensors, stored.path, own)  # the architecture's own buffers may hold -inf
     try:
         work.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

@@ -124,7 +124,7 @@ def load_compacted(path: str | os.PathLike, model: nn.Module,
     work = resize_layers(copy.deepcopy(model), shapes)
     tensors = load_file(str(stored.path))
     check_finite({k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX[1:])},
-                 stored.path)
+                 stored.path, {k for k, _ in model.named_buffers()})
     load_masks(stored, tensors, work, infos)
     try:
         work.load_state_dict(tensors, strict=True)

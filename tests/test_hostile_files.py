@@ -416,3 +416,40 @@ def test_the_architectures_own_inf_buffers_still_load(tmp_path):
     fast = spruce.convert(model, "groupwise", example_input=x)
     loaded = spruce.load(spruce.save(fast, tmp_path / "fast.safetensors"), WithInfBuffer())
     assert torch.equal(loaded(x), fast(x))
+
+
+def _built(backend, layer, pattern, **kw):
+    from spruce.backends import get_backend
+    from spruce.backends.semi24 import Semi24Gemm
+    from spruce.view import to_view
+    spruce.prune(layer, pattern, 0.5, **kw)
+    mask = spruce.get_mask(layer)
+    plain = spruce.masks.unparametrized(layer)
+    if backend == "semi24":  # its from_masked needs CUDA; the module builds anywhere
+        geom = spruce.backends.csr.geom_of(plain)
+        return Semi24Gemm(to_view(plain.weight.detach()) * mask, plain.bias, geom)
+    return get_backend(backend).from_masked(plain, mask)
+
+
+@pytest.mark.parametrize("backend,pattern,kw", [
+    ("csr", "element", {}), ("bsr", "block", {"block": (4, 4)}), ("groupwise", "group", {}),
+    ("channel", "channel", {}), ("groupwise_fused", "group", {}), ("semi24", "2:4", {})])
+@pytest.mark.parametrize("make", [lambda: nn.Linear(64, 32),
+                                  lambda: nn.Conv2d(8, 16, 3, stride=2, padding=1)],
+                         ids=["linear", "conv"])
+def test_every_backends_layout_describes_its_state(backend, pattern, kw, make):
+    """What ``layout(config())`` promises is exactly what the module saves, and a freshly
+    built module passes ``check_state``: the checks never refuse a file spruce wrote."""
+    from spruce.backends import get_backend
+    from spruce.view import view_shape
+    layer = make()
+    module = _built(backend, layer, pattern, **kw)
+    b = get_backend(backend)
+    lay = b.layout(module.config())
+    state = module.state_dict()
+    assert lay.view == view_shape(layer)
+    assert {k: tuple(v.shape) for k, v in state.items()} == \
+        {k: shape for k, (shape, _) in lay.tensors.items()}
+    assert all(dt is None and state[k].is_floating_point() or state[k].dtype == dt
+               for k, (_, dt) in lay.tensors.items())
+    assert b.check_state(module) is None

@@ -129,8 +129,12 @@ class GroupwiseFused(Backend):
 
     @classmethod
     def layout(cls, config, path=None, layer=None) -> StateLayout:
-        from ..kernels.common import ACTIVATIONS, PRECISIONS
         f = Fields(config, path, layer, what="a groupwise_fused layer")
+        try:
+            from ..kernels.common import ACTIVATIONS, K_MULTIPLE, PRECISIONS
+            from ..kernels.groupwise_conv2d import TAP_GROUP
+        except ImportError:
+            f.fail("backend", "groupwise_fused needs triton (pip install 'spruce[gpu]')")
         kind = f.str("kind", ("linear", "conv2d"))
         geom = None
         if kind == "linear":
@@ -140,7 +144,9 @@ class GroupwiseFused(Backend):
             r, k = geom.out_channels, f.int("in_channels") * geom.kernel_size[0] * \
                 geom.kernel_size[1]
         kept = f.int("kept", 1, k)
-        padded = f.int("padded", kept, 4 * k + 1024)
+        taps = 1 if geom is None else geom.kernel_size[0] * geom.kernel_size[1]
+        f.int("padded", kept, kept + taps * TAP_GROUP + K_MULTIPLE)  # see pack_linear/_conv2d
+        padded = config["padded"]
         if f.get("activation", str, optional=True) not in ACTIVATIONS:
             f.fail("activation", f"must be one of {list(ACTIVATIONS)}")
         f.str("precision", PRECISIONS)

@@ -47,7 +47,7 @@ def test_load_rejects_broken_pattern(small_net, tmp_path):
     target = copy.deepcopy(small_net)
     spruce.bake(target)
     before = copy.deepcopy(target.state_dict())
-    with pytest.raises(ValueError, match="layer 'fc1': mask breaks its declared pattern group"):
+    with pytest.raises(ValueError, match="layer 'fc1'.*mask breaks its declared pattern group"):
         spruce.load(path, target)
     assert spruce.masked_layers(target) == {}
     assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())

@@ -12,6 +12,7 @@ from torch import nn
 import torch
 
 from . import io
+from .fileformat import read_stored
 from .backends import io as converted_io
 from .compact import io as compacted_io
 from .backends.convert import convert as convert_with
@@ -67,14 +68,17 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Load a file written by :func:`save` onto ``model``'s architecture.
 
     Pruned files restore weights and masks into ``model`` in place (and return it);
-    converted files return a new inference model built on ``model``'s architecture.
+    compacted and converted files return a new model built on ``model``'s architecture.
+    The file is untrusted input: its header and tensors are checked against each other and
+    against ``model`` before anything is built (see :mod:`spruce.fileformat`); a bad file
+    raises :class:`~spruce.errors.SpruceError` naming the file, the layer and the field.
     """
-    path = Path(path)
-    header = io.read_header(path)
-    if header.get("format") == "converted":
-        if "compaction" in header:  # the architecture first takes the compacted shapes
-            model = compacted_io.resize_layers(copy.deepcopy(model), header["compaction"])
-        return converted_io.load_converted(path, model, header)
-    if header.get("format") == "compacted":
-        return compacted_io.load_compacted(path, model, header)
-    return io.load(path, model)
+    stored = read_stored(path)
+    if stored.format == "converted":
+        if stored.header.get("compaction") is not None:  # first the compacted shapes
+            shapes = compacted_io.check_layer_shapes(stored, model, "compaction")
+            model = compacted_io.resize_layers(copy.deepcopy(model), shapes)
+        return converted_io.load_converted(stored.path, model, stored)
+    if stored.format == "compacted":
+        return compacted_io.load_compacted(stored.path, model, stored)
+    return io.load(stored.path, model, stored)

@@ -39,6 +39,8 @@ from .backends.convert import (
 )
 from .backends.dense import Dense
 from .bench.env import device_name
+from .errors import SpruceError
+from .fileformat import check_plan
 from .bench.timing import make_inputs, time_fn
 from .io import atomic_write_text
 
@@ -84,15 +86,17 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
+        """Read a plan file, checked field by field (a ``SpruceError`` naming the file, the
+        layer and the field; delete the file to measure again)."""
         try:
             data = json.loads(Path(path).read_text())
-            if data.pop("format") != PLAN_FORMAT:
-                raise ValueError(f"format is not {PLAN_FORMAT}")
-            layers = {n: LayerChoice(**c) for n, c in data.pop("layers").items()}
-            return cls(**data, layers=layers)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"plan file {path} is unreadable or corrupt ({e}); delete it "
-                             "to measure again") from None
+        except (OSError, ValueError) as e:
+            raise SpruceError(f"plan file {path} is unreadable or corrupt ({e}); delete it "
+                              "to measure again") from None
+        check_plan(data, path, PLAN_FORMAT, names())
+        data = {k: v for k, v in data.items() if k != "format"}
+        layers = {n: LayerChoice(**c) for n, c in data.pop("layers").items()}
+        return cls(**data, layers=layers)
 
     def fits(self, env: dict[str, str]) -> bool:
         return (self.device_name, self.torch, self.dtype) == \
@@ -206,16 +210,28 @@ def _cached_plan(plan: str | os.PathLike | None, env: dict[str, str]) -> Plan | 
     return cached
 
 
+def _check_plan_choice(plan, t: Target, choice: LayerChoice, dtype, device, options) -> None:
+    """A cached choice must be a backend that serves this layer as it is now."""
+    b = get_backend(choice.choice)
+    why = None if b is Dense else (
+        b.unavailable() or b.reason(t.layer, t.mask, dtype, device,
+                                    **_accepted(b.reason, options)))
+    if why:
+        raise SpruceError(f"chooses {b.name}, which cannot serve this layer ({why}); the plan "
+                          "was edited or made for another model — delete it to measure again",
+                          path=plan, layer=t.name, field="choice")
+
+
 def _check_plan_shapes(cached: Plan, targets: list[Target], plan_path) -> None:
     by_name = {t.name: t for t in targets}
     for name, c in cached.layers.items():
         t = by_name.get(name)
         if t is not None and list(c.view) != [t.layer.weight.shape[0],
                                               t.layer.weight[0].numel()]:
-            raise ValueError(f"plan {plan_path}: layer '{name}' has view {c.view} there but "
-                             f"{[t.layer.weight.shape[0], t.layer.weight[0].numel()]} in the "
-                             "model; it was made for another model — delete it or pass "
-                             "another --plan")
+            raise SpruceError(f"layer '{name}' has view {c.view} there but "
+                              f"{[t.layer.weight.shape[0], t.layer.weight[0].numel()]} in the "
+                              "model; it was made for another model — delete it or pass "
+                              "another --plan", path=plan_path, field="view")
 
 
 def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_input: Any = None,
@@ -245,6 +261,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
         old = cached.layers.get(t.name) if cached else None
         if old is not None and old.key == choice.key:
             choice = old
+            _check_plan_choice(plan, t, choice, dtype, device, options)
             modules[t.name] = build_module(get_backend(choice.choice), t, options)
         elif t.input_shape is None:
             choice.errors["*"] = "not reached by example_input: left dense"

@@ -9,44 +9,82 @@ shapes, every mask against its declared pattern — before it changes the model.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .errors import SpruceError
+from .fileformat import (
+    HEADER_KEY,
+    Stored,
+    check_finite,
+    check_mask,
+    expect_format,
+    layer_key,
+    mask_infos,
+    read_stored,
+)
 from .masks import attach_shared, mask_info, masked_layers
-from .patterns import get_pattern
-from .view import view_of
+from .view import prunable_layers
 
-HEADER_KEY = "spruce"
 MASK_SUFFIX = ".parametrizations.weight.0.mask"
 ORIG_SUFFIX = ".parametrizations.weight.original"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def clean_stale(path: Path) -> None:
+    """Remove what earlier saves of ``path`` left when they were killed (``kill -9``,
+    power loss): their temporary folders ``.<name>.<pid>.<random>.tmp`` whose process is
+    gone. A save in progress in another live process is left alone."""
+    prefix = f".{path.name}."
+    for entry in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = entry.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else \
+                entry.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)``, then rename onto ``path``: readers see the old file or the
-    new one, never half of one (also on Ctrl-C). The file gets the usual permissions."""
+    new one, never half of one (also on Ctrl-C). The file gets the usual permissions.
+
+    ``tmp_path`` lies in a private folder ``.<name>.<pid>.<random>.tmp`` beside ``path``
+    (writers such as safetensors make their own temporary files next to their target, so
+    they land there too); the folder goes once the file is in place, and a folder left by
+    a killed save is removed by the next save of the same path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    clean_stale(path)
+    folder = tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                              dir=path.parent)
+    tmp = os.path.join(folder, path.name)
     try:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
     return path
 
 
@@ -67,18 +105,8 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
-    if HEADER_KEY not in meta:
-        raise ValueError(f"{path}: safetensors file without a spruce header; was it written "
-                         "by spruce.save?")
-    return json.loads(meta[HEADER_KEY])
+    """The checked JSON header of a spruce file (see :mod:`spruce.fileformat`)."""
+    return read_stored(path).header
 
 
 def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -91,76 +119,92 @@ def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None
     return atomic_save(model.state_dict(), path, header)
 
 
-def _check_masks(path: Path, model: nn.Module, header: dict[str, Any],
-                 tensors: dict[str, torch.Tensor]) -> None:
-    for name, info in header.get("layers", {}).items():
+def mask_targets(stored: Stored, model: nn.Module, infos: dict[str, Any]
+                 ) -> dict[str, nn.Module]:
+    """The layers the file's masks go on: each must exist and be prunable."""
+    prunable = prunable_layers(model)[0]
+    targets = {}
+    for name in infos:
         try:
             layer = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"{path}: has a mask for layer '{name}', which the model does "
-                             "not have; load it into the model it was saved from") from None
-        mask = tensors.get(name + MASK_SUFFIX)
+            raise SpruceError("the file has a mask for this layer, which the model does not "
+                              "have; load it into the model it was saved from",
+                              path=stored.path, layer=name) from None
+        if name not in prunable:
+            raise SpruceError(f"the file puts a mask on a {type(layer).__name__}, which is "
+                              "not a prunable layer; the file is damaged or belongs to "
+                              "another model", path=stored.path, layer=name)
+        mask = stored.shapes.get(layer_key(name, MASK_SUFFIX))
         if mask is None:
-            raise ValueError(f"{path}: layer '{name}' is listed in the header but its mask "
-                             "tensor is missing; the file is damaged")
-        weight_shape = tuple(layer.weight.shape)
-        if tuple(mask.shape) != weight_shape:
-            raise ValueError(f"layer '{name}': mask shape {tuple(mask.shape)} does not match "
-                             f"the model's weight {weight_shape}; wrong model or variant?")
-        specs = info.get("patterns", [])
-        if len(specs) == 1:  # one pattern applied: its structure must hold
-            problem = get_pattern(specs[0]).conforms(view_of(layer, mask.bool()))
-            if problem:
-                raise ValueError(f"layer '{name}': mask breaks its declared pattern "
-                                 f"{specs[0]['name']}: {problem}")
+            raise SpruceError("listed in the header but its mask tensor is missing; the "
+                              "file is damaged", path=stored.path, layer=name)
+        if mask != tuple(layer.weight.shape):
+            raise SpruceError(f"mask shape {mask} does not match the model's weight "
+                              f"{tuple(layer.weight.shape)}; wrong model or variant?",
+                              path=stored.path, layer=name)
+        targets[name] = layer
+    return targets
 
 
-def _expected_shapes(model: nn.Module, header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(model: nn.Module, names: list[str]) -> dict[str, tuple[int, ...]]:
     """State-dict keys and shapes the model will have once the file's masks are attached."""
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for name in _masked_names(model, header):
-        if name + ".weight" in shapes:
-            w = shapes.pop(name + ".weight")
-            shapes[name + ORIG_SUFFIX] = w
-            shapes[name + MASK_SUFFIX] = w
+    for name in names:
+        if layer_key(name, ".weight") in shapes:
+            w = shapes.pop(layer_key(name, ".weight"))
+            shapes[layer_key(name, ORIG_SUFFIX)] = w
+            shapes[layer_key(name, MASK_SUFFIX)] = w
     return shapes
 
 
-def _masked_names(model: nn.Module, header: dict[str, Any]) -> list[str]:
-    """Every name of every module the header masks: a layer registered under two names
+def _masked_names(model: nn.Module, names: list[str]) -> list[str]:
+    """Every name of every module the file masks: a layer registered under two names
     keeps its original weight and mask under both in the state dict."""
-    listed = header.get("layers", {})
-    ids = set()
-    for name in listed:
-        try:
-            ids.add(id(model.get_submodule(name)))
-        except AttributeError:
-            pass  # reported by _check_masks
+    ids = {id(model.get_submodule(name)) for name in names}
     return [n for n, m in model.named_modules(remove_duplicate=False) if id(m) in ids]
 
 
-def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
-    """Restore weights and masks saved by :func:`save` into ``model`` (in place)."""
-    path = Path(path)
-    header = read_header(path)
-    if header.get("format") != "masked":
-        raise ValueError(f"{path}: holds a {header.get('format')!r} model; "
-                         "load it with spruce.load")
-    tensors = load_file(str(path))
-    _check_masks(path, model, header, tensors)
-    expected = _expected_shapes(model, header)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+def _check_stored(stored: Stored, model: nn.Module, names: list[str]) -> None:
+    expected = _expected_shapes(model, _masked_names(model, names))
+    missing = sorted(set(expected) - set(stored.shapes))
+    unexpected = sorted(set(stored.shapes) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: does not fit the model — missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}; was it saved from another model?")
+        raise SpruceError(f"does not fit the model — missing {missing[:5]}, unexpected "
+                          f"{unexpected[:5]}; was it saved from another model?",
+                          path=stored.path)
     for key, shape in expected.items():
-        if tuple(tensors[key].shape) != shape:
-            raise ValueError(f"{path}: '{key}' has shape {tuple(tensors[key].shape)}, the model "
-                             f"expects {shape}; wrong model or variant?")
-    listed = header.get("layers", {})
-    params = attach_shared({name: model.get_submodule(name) for name in listed})
-    for name, info in listed.items():  # layers that shared a weight share one mask again
-        params[name].info = {k: v for k, v in info.items() if k != "density"}
+        if stored.shapes[key] != shape:
+            raise SpruceError(f"'{key}' has shape {stored.shapes[key]}, the model expects "
+                              f"{shape}; wrong model or variant?", path=stored.path)
+
+
+def load_masks(stored: Stored, tensors: dict[str, torch.Tensor], model: nn.Module,
+               infos: dict[str, Any]) -> None:
+    """Check every mask in ``tensors``, then attach a placeholder mask (with its ``info``)
+    to each masked layer of ``model``, ready for ``load_state_dict``."""
+    targets = mask_targets(stored, model, infos)
+    for name in targets:
+        key = layer_key(name, MASK_SUFFIX)
+        check_mask(tensors[key], infos[name], stored.path, name, targets[name])
+        tensors[key] = tensors[key].to(torch.bool)
+    params = attach_shared(targets)
+    for name in targets:  # layers that shared a weight share one mask again
+        params[name].info = {k: v for k, v in infos[name].items() if k != "density"}
+
+
+def load(path: str | os.PathLike, model: nn.Module, stored: Stored | None = None) -> nn.Module:
+    """Restore weights and masks saved by :func:`save` into ``model`` (in place).
+
+    Everything is checked (see :mod:`spruce.fileformat`) before the model changes."""
+    stored = read_stored(path) if stored is None else stored
+    expect_format(stored, "masked")
+    infos = mask_infos(stored.fields(), "layers")
+    mask_targets(stored, model, infos)
+    _check_stored(stored, model, list(infos))
+    tensors = load_file(str(stored.path))
+    check_finite({k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX.lstrip("."))},
+                 stored.path, {k for k, _ in model.named_buffers()})
+    load_masks(stored, tensors, model, infos)
     model.load_state_dict(tensors, strict=True)
     return model

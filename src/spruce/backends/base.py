@@ -12,6 +12,7 @@ with ``.to()`` and saves to safetensors), plus ``config()`` — a JSON-able dict
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +30,19 @@ def register(name: str):
         _REGISTRY[name] = cls
         return cls
     return deco
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """What a module's ``config()`` promises, checked before anything is allocated: the
+    2-D view ``(R, K)`` of the layer it replaces, its kind ("linear"/"conv2d"), its conv
+    geometry (``ConvGeom.config()``, None for a Linear) and every tensor of its state dict
+    as ``name → (shape, dtype)`` (dtype None: the model's float dtype)."""
+
+    view: tuple[int, int]
+    kind: str
+    conv: dict[str, Any] | None
+    tensors: dict[str, tuple[tuple[int, ...], torch.dtype | None]]
 
 
 class Backend:
@@ -77,8 +91,22 @@ class Backend:
     @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:
         """A module with the shapes in ``config`` (from a built module's ``config()``),
-        to load a saved state dict into."""
+        to load a saved state dict into. Checks ``config`` first (:meth:`layout`)."""
         raise NotImplementedError
+
+    @classmethod
+    def layout(cls, config: Any, path: Any = None, layer: str | None = None) -> StateLayout:
+        """``config`` checked field by field (types, ranges; a ``SpruceError`` naming
+        ``path``, ``layer`` and the field) and what it promises (:class:`StateLayout`)."""
+        from ..errors import SpruceError
+        raise SpruceError(f"backend {cls.name!r} modules are not saved in files", path=path,
+                          layer=layer, field="backend")
+
+    @classmethod
+    def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
+        """After loading a state dict into ``empty(config)``: ``(field, problem)`` if its
+        tensors break what the forward assumes (index range, order), else None."""
+        return None
 
 
 def dtype_name(dtype: torch.dtype) -> str:

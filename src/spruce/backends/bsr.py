@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fileformat import INDEX_DTYPES, Fields, check_csr
 from ..view import to_view, view_shape
-from .base import Backend, register
+from .base import Backend, StateLayout, register
 from .csr import (
     DTYPES_BY_DEVICE,
     SparseGemm,
@@ -35,7 +36,7 @@ from .csr import (
     index_dtype_for,
     mask_shape_reason,
 )
-from .im2col import ConvGeom, conv_reason
+from .im2col import ConvGeom, conv_reason, gemm_fields
 
 BLOCK_SIDES = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2)  # powers of two and the common 3·2^k
 
@@ -157,7 +158,28 @@ class Bsr(Backend):
         return BsrGemm((r, k), geom_of(layer), layer.bias, crow, col, values)
 
     @classmethod
+    def layout(cls, config, path=None, layer=None) -> StateLayout:
+        f = Fields(config, path, layer, what="a bsr layer")
+        kind, (r, k), geom, bias = gemm_fields(f)
+        idx = INDEX_DTYPES[f.str("index_dtype", tuple(INDEX_DTYPES))]
+        bo, bk = f.ints("blocksize", 2, lo=2)
+        if bo != bk or r % bo or k % bo:
+            f.fail("blocksize", f"{bo}x{bk} must be square and divide the view {r}x{k}")
+        n = f.int("nnz_blocks", 0, (r // bo) * (k // bo))
+        tensors = {"crow_indices": ((r // bo + 1,), idx), "col_indices": ((n,), idx),
+                   "values": ((n, bo, bo), None), **({"bias": ((r,), None)} if bias else {})}
+        return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
+
+    @classmethod
+    def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
+        s = module.values.shape[1]
+        why = check_csr(module.crow_indices, module.col_indices, module.shape[0] // s,
+                        module.shape[1] // s)
+        return None if why is None else ("crow_indices/col_indices", why)
+
+    @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:
+        cls.layout(config)
         r, k = config["shape"]
         bo, bk = config["blocksize"]
         idx, dt = dtype_of(config["index_dtype"]), dtype_of(config["dtype"])

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backend, masked_weight, register
+from ..fileformat import Fields, check_index
+from .base import Backend, StateLayout, masked_weight, register
 from .im2col import ConvGeom, conv_reason
 
 
@@ -83,7 +84,38 @@ class Channel(Backend):
                               layer.weight[0].numel())
 
     @classmethod
+    def layout(cls, config, path=None, layer=None) -> StateLayout:
+        f = Fields(config, path, layer, what="a channel layer")
+        kind = f.str("kind", ("linear", "conv2d"))
+        r, k = f.int("out_features"), f.int("in_features")
+        kept = f.int("kept", 1, r)
+        geom = None
+        if kind == "linear":
+            shape = f.ints("weight_shape", 2)
+            ok = shape == (kept, k)
+        else:
+            geom = ConvGeom.from_fields(f)
+            shape = f.ints("weight_shape", 4)
+            ok = shape[0] == kept and shape[2:] == geom.kernel_size and \
+                shape[1] * shape[2] * shape[3] == k and geom.out_channels == r
+        if not ok:
+            f.fail("weight_shape", f"{list(shape)} does not fit kept={kept}, "
+                   f"in_features={k}, out_features={r}")
+        tensors = {"kept": ((kept,), torch.int64), "weight": (shape, None),
+                   "kept_bias": ((kept,), None), "full_bias": ((r,), None)}
+        return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
+
+    @classmethod
+    def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
+        why = check_index(module.kept, module.out_features, "kept")
+        if why is None and not torch.equal(module.kept_bias,
+                                           module.full_bias.index_select(0, module.kept)):
+            why = "kept_bias is not full_bias at the kept rows"
+        return None if why is None else ("kept", why)
+
+    @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:
+        cls.layout(config)
         geom = ConvGeom.from_config(config) if config["kind"] == "conv2d" else None
         return ChannelScatter(torch.zeros(config["weight_shape"]),
                               torch.zeros(config["kept"], dtype=torch.long), None,

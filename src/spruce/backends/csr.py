@@ -28,9 +28,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..fileformat import INDEX_DTYPES, Fields, check_csr
 from ..view import to_view, view_shape
-from .base import FLOATS, Backend, dtype_name, register
-from .im2col import ConvGeom, conv_reason
+from .base import FLOATS, Backend, StateLayout, dtype_name, register
+from .im2col import ConvGeom, conv_reason, gemm_fields
 
 DTYPES_BY_DEVICE = {"cpu": (torch.float32,), "cuda": FLOATS}  # what torch's CSR/BSR mm runs
 _DTYPES = {dtype_name(d): d for d in (*FLOATS, torch.float64)}
@@ -219,7 +220,23 @@ class Csr(Backend):
         return CsrGemm(tuple(w.shape), geom_of(layer), layer.bias, crow, col, values)
 
     @classmethod
+    def layout(cls, config, path=None, layer=None) -> StateLayout:
+        f = Fields(config, path, layer, what="a csr layer")
+        kind, (r, k), geom, bias = gemm_fields(f)
+        idx = INDEX_DTYPES[f.str("index_dtype", tuple(INDEX_DTYPES))]
+        nnz = f.int("nnz", 0, r * k)
+        tensors = {"crow_indices": ((r + 1,), idx), "col_indices": ((nnz,), idx),
+                   "values": ((nnz,), None), **({"bias": ((r,), None)} if bias else {})}
+        return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
+
+    @classmethod
+    def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
+        why = check_csr(module.crow_indices, module.col_indices, *module.shape)
+        return None if why is None else ("crow_indices/col_indices", why)
+
+    @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:
+        cls.layout(config)
         r, k = config["shape"]
         idx, dt = dtype_of(config["index_dtype"]), dtype_of(config["dtype"])
         geom = None if config["conv"] is None else ConvGeom.from_config(config["conv"])

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backend, channels_last, masked_weight, register
+from ..fileformat import Fields, check_index
 from ..view import taps
+from .base import Backend, StateLayout, channels_last, masked_weight, register
 from .im2col import ConvGeom, conv_reason
 
 LAYOUTS = ("rows", "cols", "channels")
@@ -199,7 +200,47 @@ class Groupwise(Backend):
                                "cols" if layout == "auto" else layout)
 
     @classmethod
+    def layout(cls, config, path=None, layer=None) -> StateLayout:
+        f = Fields(config, path, layer, what="a groupwise layer")
+        kind = f.str("kind", ("linear", "conv2d"))
+        geom = None
+        if kind == "linear":
+            r, k = f.int("out_features"), f.int("in_features")
+            f.str("layout", ("rows", "cols"))
+        else:
+            geom = ConvGeom.from_fields(f)
+            r, k = geom.out_channels, f.int("in_channels") * geom.kernel_size[0] * \
+                geom.kernel_size[1]
+            f.str("layout", LAYOUTS)
+        kept = f.int("kept", 1, k)
+        bias = f.bool("bias")
+        tensors = {"kept": ((kept,), torch.int64), "weight": ((r, kept), None)}
+        if bias:
+            tensors["bias"] = ((r,), None) if geom is None else ((r, 1), None)
+        if geom is not None and config["layout"] == "channels":
+            per = geom.kernel_size[0] * geom.kernel_size[1]
+            if kept % per:
+                f.fail("kept", f"{kept} is not a whole number of channels of {per} taps")
+            tensors["channels"] = ((kept // per,), torch.int64)
+        return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
+
+    @classmethod
+    def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
+        if isinstance(module, GroupwiseLinear):
+            why = check_index(module.kept, module.in_features, "kept")
+            return None if why is None else ("kept", why)
+        per = module.geom.kernel_size[0] * module.geom.kernel_size[1]
+        why = check_index(module.kept, module.in_channels * per, "kept")
+        if why is None and module.layout == "channels" and not (
+                whole_channels(module.kept, per)
+                and torch.equal(module.channels, module.kept[::per].div(per,
+                                                                        rounding_mode="floor"))):
+            why = "kept and channels do not list the same whole input channels"
+        return None if why is None else ("kept", why)
+
+    @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:
+        cls.layout(config)
         kept = torch.zeros(config["kept"], dtype=torch.long)
         bias_rows = config["out_features"] if config["kind"] == "linear" \
             else config["out_channels"]

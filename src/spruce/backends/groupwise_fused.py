@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Backend, masked_weight, register
+from ..fileformat import Fields, check_index
+from .base import Backend, StateLayout, masked_weight, register
 from .groupwise import compaction_reason, kept_columns
 from .im2col import ConvGeom
 
@@ -127,7 +128,50 @@ class GroupwiseFused(Backend):
                                     activation, precision)
 
     @classmethod
+    def layout(cls, config, path=None, layer=None) -> StateLayout:
+        f = Fields(config, path, layer, what="a groupwise_fused layer")
+        try:
+            from ..kernels.common import ACTIVATIONS, K_MULTIPLE, PRECISIONS
+            from ..kernels.groupwise_conv2d import TAP_GROUP
+        except ImportError:
+            f.fail("backend", "groupwise_fused needs triton (pip install 'spruce[gpu]')")
+        kind = f.str("kind", ("linear", "conv2d"))
+        geom = None
+        if kind == "linear":
+            r, k = f.int("out_features"), f.int("in_features")
+        else:
+            geom = ConvGeom.from_fields(f)
+            r, k = geom.out_channels, f.int("in_channels") * geom.kernel_size[0] * \
+                geom.kernel_size[1]
+        kept = f.int("kept", 1, k)
+        taps = 1 if geom is None else geom.kernel_size[0] * geom.kernel_size[1]
+        f.int("padded", kept, kept + taps * TAP_GROUP + K_MULTIPLE)  # see pack_linear/_conv2d
+        padded = config["padded"]
+        if f.get("activation", str, optional=True) not in ACTIVATIONS:
+            f.fail("activation", f"must be one of {list(ACTIVATIONS)}")
+        f.str("precision", PRECISIONS)
+        idx = ((padded,), torch.int32) if geom is None else ((3, padded), torch.int32)
+        tensors = {"kept" if geom is None else "taps": idx, "weight": ((r, padded), None),
+                   **({"bias": ((r,), None)} if f.bool("bias") else {})}
+        return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
+
+    @classmethod
+    def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
+        if isinstance(module, FusedGroupwiseLinear):
+            why = check_index(module.kept, module.in_features, "kept", strict_order=False)
+            return None if why is None else ("kept", why)
+        (kh, kw), (dh, dw) = module.geom.kernel_size, module.geom.dilation
+        for row, size, what in [(0, module.in_channels, "channel"),
+                                (1, (kh - 1) * dh + 1, "row offset"),
+                                (2, (kw - 1) * dw + 1, "column offset")]:
+            why = check_index(module.taps[row], size, f"taps {what}", strict_order=False)
+            if why:
+                return "taps", why
+        return None
+
+    @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:
+        cls.layout(config)
         rows = config["out_features"] if config["kind"] == "linear" else config["out_channels"]
         bias = torch.zeros(rows) if config["bias"] else None
         weight = torch.zeros(rows, config["padded"])

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fileformat import Fields
+
 
 @dataclass(frozen=True)
 class ConvGeom:
@@ -32,8 +34,13 @@ class ConvGeom:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ConvGeom:
-        return cls(cfg["out_channels"], *(tuple(cfg[k]) for k in
-                                          ("kernel_size", "stride", "padding", "dilation")))
+        return cls.from_fields(Fields(cfg, what="a conv geometry"))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> ConvGeom:
+        """Checked: sizes, stride and dilation >= 1, padding >= 0."""
+        return cls(f.int("out_channels"), f.ints("kernel_size", 2), f.ints("stride", 2),
+                   f.ints("padding", 2, lo=0), f.ints("dilation", 2))
 
     def config(self) -> dict[str, Any]:
         return {"out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
@@ -67,3 +74,22 @@ def conv_reason(layer: nn.Module) -> str | None:
     if layer.groups != 1:
         return f"grouped Conv2d (groups={layer.groups}) is not supported"
     return None
+
+
+def gemm_fields(f: Fields) -> tuple[str, tuple[int, int], ConvGeom | None, bool]:
+    """The fields every view-GEMM module's config shares (csr, bsr, semi24): ``kind``,
+    ``shape`` (R, K), ``conv`` (its geometry, None for a Linear), ``bias``; ``dtype`` one
+    of the float names."""
+    kind = f.str("kind", ("linear", "conv2d"), optional=True) or \
+        ("linear" if f.get("conv", dict, optional=True) is None else "conv2d")
+    r, k = f.ints("shape", 2)
+    f.str("dtype", ("fp32", "fp16", "bf16"))
+    geom = None
+    if kind == "conv2d":
+        geom = ConvGeom.from_fields(Fields(f.get("conv", dict), f.path, f.layer))
+        kh, kw = geom.kernel_size
+        if geom.out_channels != r or k % (kh * kw):
+            f.fail("shape", f"[{r}, {k}] does not fit the conv geometry {geom.config()}")
+    elif f.get("conv", dict, optional=True) is not None:
+        f.fail("conv", "a linear layer has no conv geometry")
+    return kind, (r, k), geom, f.bool("bias")

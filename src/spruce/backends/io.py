@@ -19,9 +19,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .. import __version__
+from ..errors import SpruceError
+from ..fileformat import Fields, Stored, check_finite, expect_format, layer_key, read_stored
 from ..io import atomic_save
 from ..masks import set_submodule
 from .base import dtype_name, get_backend, names
+from .im2col import ConvGeom
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -53,22 +56,82 @@ def save_converted(model: nn.Module, path: str | os.PathLike,
     return atomic_save(model.state_dict(), path, header)
 
 
-def load_converted(path: Path, model: nn.Module, header: dict[str, Any]) -> nn.Module:
+def _check_layer(stored: Stored, name: str, cfg: Any, module: nn.Module,
+                 dtype: torch.dtype) -> type:
+    """One converted layer's config against the architecture's layer and the stored
+    tensors — before anything is allocated. Returns its backend. After compaction a layer
+    is no larger than the architecture's; otherwise it has its shape."""
+    f = Fields(cfg, stored.path, name, what="a converted layer")
+    backend = get_backend(f.str("backend", [n for n in names() if n != "dense"]))
+    lay = backend.layout(cfg, stored.path, name)
+    if not isinstance(module, backend.layer_types):
+        f.fail("backend", f"{backend.name} replaces a Linear/Conv2d, the model has a "
+               f"{type(module).__name__} here; pass the architecture the file came from")
+    have = (int(module.weight.shape[0]), int(module.weight[0].numel()))
+    smaller = lay.view[0] <= have[0] and lay.view[1] <= have[1]
+    if lay.view != have and not (stored.header.get("compaction") is not None and smaller):
+        f.fail("shape", f"the file's layer is {list(lay.view)}, the model's {list(have)}; pass "
+               "the architecture the file was converted from")
+    geom = ConvGeom.of(module).config() if isinstance(module, nn.Conv2d) else None
+    if geom is not None and (lay.conv is None or {**lay.conv, "out_channels": 0}
+                             != {**geom, "out_channels": 0}):
+        f.fail("conv", f"conv geometry {lay.conv} is not the model's {geom}")
+    if isinstance(module, nn.Linear) and lay.conv is not None:
+        f.fail("kind", "a conv2d layer in the file where the model has a Linear")
+    if f.get("dtype", str, optional=True) not in (None, dtype_name(dtype)):
+        f.fail("dtype", f"{cfg['dtype']} in a file of {dtype_name(dtype)} tensors")
+    for tname, (shape, tdtype) in lay.tensors.items():
+        stored.expect(layer_key(name, "." + tname), shape, tdtype or dtype, layer=name)
+    return backend
+
+
+def _check_header(stored: Stored) -> tuple[torch.dtype, dict[str, Any]]:
+    f = stored.fields()
+    dtype = DTYPES[f.str("dtype", tuple(DTYPES))]
+    floats = sorted({str(d) for d in stored.dtypes.values() if d.is_floating_point} -
+                    {str(dtype)})
+    if floats:
+        f.fail("dtype", f"the header says {dtype_name(dtype)} but tensors are stored as "
+               f"{', '.join(floats)}")
+    layers = f.dict("layers")
+    if f.get("report", dict, optional=True) is not None:
+        Fields(stored.header["report"], stored.path, what="the conversion report")
+    return dtype, layers
+
+
+def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -> nn.Module:
+    """A new inference model: ``model`` (the architecture, already resized when the file
+    was compacted first) with the file's converted layers and weights. Every config, size
+    and index tensor is checked (see :mod:`spruce.fileformat`) — sizes before anything is
+    allocated, indices before the model is returned."""
+    stored = read_stored(path) if stored is None else stored
+    expect_format(stored, "converted")
+    dtype, layers = _check_header(stored)
     work = copy.deepcopy(model)
-    for name, cfg in header["layers"].items():
+    backends = {}
+    for name, cfg in layers.items():
         try:
-            work.get_submodule(name)
+            module = work.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"{path}: converted layer '{name}' does not exist in the model; "
-                             "pass the architecture the file was converted from") from None
-        set_submodule(work, name, get_backend(cfg["backend"]).empty(cfg))
-    dtype = DTYPES.get(header.get("dtype", "fp32"), torch.float32)
+            raise SpruceError("this converted layer does not exist in the model; pass the "
+                              "architecture the file was converted from", path=stored.path,
+                              layer=name) from None
+        backends[name] = _check_layer(stored, name, cfg, module, dtype)
+    for name, cfg in layers.items():
+        set_submodule(work, name, backends[name].empty(cfg))
     work = work.to(dtype)
-    tensors = load_file(str(path))
+    tensors = load_file(str(stored.path))
+    own = {k for k, _ in model.named_buffers() if k.rpartition(".")[0] not in layers}
+    check_finite(tensors, stored.path, own)  # the architecture's own buffers may hold -inf
     try:
         work.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: does not fit the model ({str(e).splitlines()[0]} …); "
-                         "was it converted from another model?") from None
+        raise SpruceError(f"does not fit the model ({str(e).splitlines()[0]} …); was it "
+                          "converted from another model?", path=stored.path) from None
+    for name, backend in backends.items():
+        problem = backend.check_state(work.get_submodule(name))
+        if problem:
+            raise SpruceError(f"{problem[1]}; the file is damaged or was edited",
+                              path=stored.path, layer=name, field=problem[0])
     work.eval().requires_grad_(False)
     return work

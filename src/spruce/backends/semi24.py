@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fileformat import Fields
 from ..view import to_view, view_shape
-from .base import Backend, dtype_name, register
+from .base import Backend, StateLayout, dtype_name, register
 from .csr import DerivedOperand, check_build, dtype_of, geom_of, mask_shape_reason
-from .im2col import ConvGeom, conv_reason
+from .im2col import ConvGeom, conv_reason, gemm_fields
 
 
 def _subclass() -> type:
@@ -150,7 +151,20 @@ class Semi24(Backend):
         return Semi24Gemm(w, layer.bias, geom_of(layer))
 
     @classmethod
+    def layout(cls, config, path=None, layer=None) -> StateLayout:
+        f = Fields(config, path, layer, what="a semi24 layer")
+        kind, (r, k), geom, bias = gemm_fields(f)
+        tensors = {"weight": ((r, k), None), **({"bias": ((r,), None)} if bias else {})}
+        return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
+
+    @classmethod
+    def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
+        why = not_24(module.weight != 0)
+        return None if why is None else ("weight", why)
+
+    @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:
+        cls.layout(config)
         r, k = config["shape"]
         dt = dtype_of(config["dtype"])
         geom = None if config["conv"] is None else ConvGeom.from_config(config["conv"])

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..api import load
 from ..compact import CompactionReport, compact, save_compacted
 from ..io import read_header
-from .common import console, fail, fmt_count, load_model
+from .common import console, fail, model_of_file, fmt_count, load_model
 
 
 def report_table(report: CompactionReport, title: str) -> Table:
@@ -61,9 +61,7 @@ def compact_cmd(
     it touches; print one row per coupled group."""
     try:
         header = read_header(pruned)
-        name = model or header.get("model")
-        if not name:
-            fail(f"{pruned} does not name its model; pass --model")
+        name = model_of_file(header, pruned, model)
         dataset = dataset or header.get("dataset")
         net = load(pruned, load_model(name, dataset))
         small = compact(net, _example_input(name, dataset), verify=verify, fold_bn=fold_bn,

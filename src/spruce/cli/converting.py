@@ -13,7 +13,7 @@ from ..api import convert, load, save
 from ..backends import ConversionReport, available
 from ..backends.io import DTYPES
 from ..io import read_header
-from .common import console, fail, load_model
+from .common import console, fail, model_of_file, load_model
 
 
 def report_table(report: ConversionReport, title: str) -> Table:
@@ -41,9 +41,7 @@ def convert_cmd(
     """Turn a pruned model into an inference model and print the per-layer report."""
     try:
         header = read_header(pruned)
-        name = model or header.get("model")
-        if not name:
-            fail(f"{pruned} does not name its model; pass --model")
+        name = model_of_file(header, pruned, model)
         if dtype is not None and dtype not in DTYPES:
             fail(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():

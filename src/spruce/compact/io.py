@@ -22,11 +22,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .. import __version__
-from ..io import atomic_save, read_header
-from ..masks import attach, mask_info, mask_module, masked_layers, set_submodule
+from ..errors import SpruceError
+from ..fileformat import MAX_DIM, Fields, Stored, check_finite, expect_format, mask_infos, \
+    read_stored
+from ..io import MASK_SUFFIX, atomic_save, load_masks
+from ..masks import mask_info, mask_module, masked_layers, set_submodule
 from ..structure.apply import slice_model
 from ..structure.trace import param_name
-from ..view import to_view
 from .core import CompactionReport, tensor_of
 
 FORMAT = "compacted"
@@ -61,54 +63,104 @@ def save_compacted(model: nn.Module, path: str | os.PathLike,
     return atomic_save(model.state_dict(), path, header)
 
 
+def check_layer_shapes(stored: Stored, model: nn.Module, key: str) -> dict[str, Any]:
+    """The header's compaction record (``stored.header[key]``), checked against ``model``
+    before anything is resized or allocated: every shape names a tensor of the model, has
+    its rank and is no larger along any axis (compaction only removes); every folded name is
+    a BatchNorm of the model."""
+    record = stored.fields().dict(key)
+    g = Fields(record, stored.path, what="the compaction record")
+    shapes = g.dict("shapes")
+    folded = g.get("folded", list, optional=True) or []
+    for name in folded:
+        mod = _module(model, name) if isinstance(name, str) else None
+        if not isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            g.fail("folded", f"{name!r} is not a BatchNorm of the model; only a BatchNorm "
+                   "folds away")
+    for name, shape in shapes.items():
+        have = _tensor(model, name)
+        if have is None:
+            if not (isinstance(shape, list) and len(shape) == 1 and name.endswith(".bias")
+                    and _module(model, name.rpartition(".")[0]) is not None):
+                raise SpruceError("this tensor of the file does not exist in the model; load "
+                                  "it into the architecture it was compacted from",
+                                  path=stored.path, field=f"{key}.shapes.{name}")
+            have_shape: tuple = (MAX_DIM,)
+        else:
+            have_shape = tuple(have.shape)
+        if not isinstance(shape, list) or len(shape) != len(have_shape) or any(
+                not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= h
+                for n, h in zip(shape, have_shape, strict=True)):
+            raise SpruceError(f"shape {shape!r} does not fit the model's {list(have_shape)} "
+                              "(same rank, each size from 1 up to the model's); load it into "
+                              "the architecture it was compacted from", path=stored.path,
+                              field=f"{key}.shapes.{name}")
+    return {"shapes": shapes, "folded": folded}
+
+
+def _module(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor | None:
+    try:
+        return tensor_of(model, name)
+    except AttributeError:
+        return None
+
+
 def resize_layers(model: nn.Module, compaction: dict[str, Any]) -> nn.Module:
     """Slice ``model`` (in place) to the shapes in ``compaction`` (first indices kept: the
-    values are placeholders for a state dict to be loaded over); returns it."""
+    values are placeholders for a state dict to be loaded over); returns it. Check the
+    record first with :func:`check_layer_shapes`."""
     for name in compaction.get("folded", []):
         set_submodule(model, name, nn.Identity())
     keep: dict[tuple[str, int], torch.Tensor] = {}
     for name, shape in compaction.get("shapes", {}).items():
-        try:
-            t = tensor_of(model, name)
-            if t is None:  # a bias that folding a BatchNorm added
-                path, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(path), attr, nn.Parameter(torch.zeros(shape)))
-                continue
-            have = tuple(t.shape)
-        except AttributeError:
-            raise ValueError(f"tensor '{name}' of the file does not exist in the model; load "
-                             "it into the architecture it was compacted from") from None
-        if len(have) != len(shape) or any(w > h for w, h in zip(shape, have, strict=True)):
-            raise ValueError(f"tensor '{name}': the file has shape {list(shape)}, the model "
-                             f"{list(have)}; load it into the architecture it was compacted "
-                             "from")
-        for axis, (w, h) in enumerate(zip(shape, have, strict=True)):
+        t = _tensor(model, name)
+        if t is None:  # a bias that folding a BatchNorm added
+            path, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(path), attr, nn.Parameter(torch.zeros(shape)))
+            continue
+        for axis, (w, h) in enumerate(zip(shape, t.shape, strict=True)):
             if w < h:
                 keep[(name, axis)] = torch.arange(w)
     slice_model(model, keep)
     return model
 
 
-def load_compacted(path: str | os.PathLike, model: nn.Module,
-                   header: dict[str, Any] | None = None) -> nn.Module:
-    """A new model: ``model``'s architecture sliced to the file's shapes, with its weights
-    and masks. ``model`` itself is not changed."""
-    path = Path(path)
-    header = read_header(path) if header is None else header
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path}: holds a {header.get('format')!r} model, not a compacted "
-                         "one; load it with spruce.load")
-    work = resize_layers(copy.deepcopy(model), header.get("compaction", {}))
-    for name, info in header.get("masks", {}).items():
-        layer = work.get_submodule(name)
-        param = mask_module(layer)
-        if param is None:
-            param = attach(layer, torch.ones_like(to_view(layer.weight), dtype=torch.bool), {})
-        param.info = {k: v for k, v in info.items() if k != "density"}
+def _report(stored: Stored) -> CompactionReport:
+    data = stored.fields().dict("report", optional=True) or {}
     try:
-        work.load_state_dict(load_file(str(path)), strict=True)
+        return CompactionReport.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise SpruceError(f"not a compaction report ({e})", path=stored.path,
+                          field="report") from None
+
+
+def load_compacted(path: str | os.PathLike, model: nn.Module,
+                   stored: Stored | None = None) -> nn.Module:
+    """A new model: ``model``'s architecture sliced to the file's shapes, with its weights
+    and masks. ``model`` itself is not changed. Everything is checked first (see
+    :mod:`spruce.fileformat`)."""
+    stored = read_stored(path) if stored is None else stored
+    expect_format(stored, FORMAT)
+    compaction = check_layer_shapes(stored, model, "compaction")
+    infos = mask_infos(stored.fields(), "masks")
+    report = _report(stored)
+    work = resize_layers(copy.deepcopy(model), compaction)
+    tensors = load_file(str(stored.path))
+    check_finite({k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX[1:])},
+                 stored.path, {k for k, _ in model.named_buffers()})
+    load_masks(stored, tensors, work, infos)
+    try:
+        work.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: does not fit the model ({str(e).splitlines()[0]} …); "
-                         "was it compacted from another model?") from None
-    work.spruce_compaction = CompactionReport.from_dict(header.get("report") or {})
+        raise SpruceError(f"does not fit the model ({str(e).splitlines()[0]} …); was it "
+                          "compacted from another model?", path=stored.path) from None
+    work.spruce_compaction = report
+    work.spruce_compaction.folded = list(compaction["folded"])
     return work

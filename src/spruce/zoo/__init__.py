@@ -90,7 +90,10 @@ def example_input(name: str, dataset: str | None = None, batch: int = 1, seed: i
 
 
 def from_file(spec: str) -> nn.Module:
-    """``path/to/file.py:factory`` → the ``nn.Module`` that ``factory()`` returns."""
+    """``path/to/file.py:factory`` → the ``nn.Module`` that ``factory()`` returns.
+
+    This runs the file's code: call it only with a spec the user typed, never with one read
+    from a saved model's header (``spruce.cli.common.model_of_file`` refuses those)."""
     file, _, factory = spec.partition(":")
     path = Path(file)
     if not path.is_file():

@@ -157,8 +157,7 @@ def test_a_header_naming_a_py_file_never_runs_it(files, tmp_path, command):
 @pytest.mark.parametrize("name,layer,field,value", [
     ("converted_groupwise", "fc", "kept", 10**12), ("converted_csr", "conv", "nnz", 10**12),
     ("converted_bsr", "conv", "nnz_blocks", 10**12),
-    ("converted_channel", "fc", "weight_shape", [10**6, 10**6]),
-    ("compacted", "fc", "out", 10**12)])
+    ("converted_channel", "fc", "weight_shape", [10**6, 10**6])])
 def test_header_sizes_are_checked_before_allocating(files, tmp_path, name, layer, field,
                                                     value):
     header = header_of(files[name])
@@ -166,6 +165,14 @@ def test_header_sizes_are_checked_before_allocating(files, tmp_path, name, layer
     path = rewrite(files[name], tmp_path / "big.safetensors", header=header)
     with pytest.raises(SpruceError, match=f"big.safetensors: layer '{layer}': field "
                        f"'{field}'"):  # an 8 TB torch.zeros would be a RuntimeError
+        spruce.load(path, tiny())
+
+
+def test_compacted_shapes_are_checked_before_allocating(files, tmp_path):
+    header = header_of(files["compacted"])
+    header["compaction"]["shapes"]["fc.weight"] = [10**12, 10**12]
+    path = rewrite(files["compacted"], tmp_path / "big.safetensors", header=header)
+    with pytest.raises(SpruceError, match="big.safetensors: field 'compaction.shapes.fc.weight'"):
         spruce.load(path, tiny())
 
 
@@ -348,8 +355,11 @@ def _put(value, *path):
     ("converted_csr", None, _put([0, 0], "layers", "conv", "conv", "stride"), "stride"),
     ("converted_csr", None, _put([-5, -5], "layers", "conv", "conv", "padding"), "padding"),
     ("converted_csr", None, _put("fp16", "dtype"), "dtype"),
-    ("compacted", None, _put([1], "layers"), "layers"),
-    ("compacted", None, _put(KeyError, "layers", "fc", "out"), "out"),
+    ("compacted", None, _put([1], "compaction"), "compaction"),
+    ("compacted", None, _put(KeyError, "compaction", "shapes"), "shapes"),
+    ("compacted", None, _put([2.5, 3], "compaction", "shapes", "fc.weight"),
+     "compaction.shapes.fc.weight"),
+    ("compacted", None, _put(["fc"], "compaction", "folded"), "folded"),
     ("converted_groupwise", None, _put("diagonal", "layers", "fc", "layout"), "layout")])
 def test_malformed_headers_are_a_spruce_error(files, tmp_path, name, raw, edit, field):
     header = header_of(files[name])

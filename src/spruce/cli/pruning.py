@@ -12,6 +12,8 @@ from ..io import save
 from ..patterns import get_pattern
 from ..prune import prune
 from ..view import prunable_layers, view_shape
+from ..patterns.block import parse_block
+from .checks import in_range, output_file
 from .common import console, fail, fmt_count, load_model, print_skipped, report_table
 
 DEMO_PATTERNS = ("element", "2:4", "block", "group", "channel")
@@ -25,7 +27,7 @@ def info(model: str = typer.Argument(..., help="zoo name (resnet18, vgg16, ...) 
     """List prunable layers, their 2-D view shapes and group counts per pattern."""
     try:
         net = load_model(model, dataset)
-        bo, bk = (int(v) for v in block.lower().split("x"))
+        bo, bk = parse_block(block)
     except ValueError as e:
         fail(str(e))
     layers, skipped = prunable_layers(net)
@@ -62,9 +64,11 @@ def prune_cmd(
     output: Path = typer.Option(None, "--output", "-o", help="write a .safetensors file"),
 ) -> None:
     """Prune a model and print the per-layer table (layer, view, pattern, density, kept)."""
+    output_file(output)
     try:
+        in_range("--density", density, 0, 1, lo_open=True)
         net = load_model(model, dataset, seed)
-        kwargs = {"block": tuple(int(v) for v in block.lower().split("x"))} \
+        kwargs = {"block": parse_block(block)} \
             if pattern == "block" else {"unit": unit} if pattern == "group" else {}
         report = prune(net, pattern, density, criterion, scope, exclude, **kwargs)
     except ValueError as e:
@@ -81,6 +85,11 @@ def demo(model: str = typer.Option("resnet18", help="zoo model to prune"),
          dataset: str = typer.Option(None, help="zoo variant (default: imagenet / qqp)"),
          density: float = typer.Option(0.5, help="kept fraction for every pattern")) -> None:
     """Prune a built-in model with every pattern and print each per-layer table."""
+    try:
+        in_range("--density", density, 0, 1, lo_open=True)
+        load_model(model, dataset, seed=0)  # an unknown model or dataset: say so first
+    except ValueError as e:
+        fail(str(e))
     for pat in DEMO_PATTERNS:
         net = load_model(model, dataset, seed=0)
         d = None if get_pattern(pat).fixed_density() else density

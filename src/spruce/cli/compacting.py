@@ -10,6 +10,7 @@ from rich.table import Table
 from ..api import load
 from ..compact import CompactionReport, compact, save_compacted
 from ..io import read_header
+from .checks import output_file
 from .common import console, fail, fmt_count, load_model
 
 
@@ -60,6 +61,7 @@ def compact_cmd(
     output: Path = typer.Option(None, "--output", "-o", help="write the compacted model"),
 ) -> None:
     """Shrink each group-pruned layer and its producer by the input channels it never reads."""
+    output_file(output)
     try:
         header = read_header(pruned)
         name = model or header.get("model")

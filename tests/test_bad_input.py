@@ -43,13 +43,15 @@ def test_output_file_checks(tmp_path):
         check_output_file(tmp_path / "file" / "m.safetensors")
     with pytest.raises(SpruceError, match="cannot create the folder"):
         check_output_file(NOT_CREATABLE + "/m.safetensors")
-    with pytest.raises(SpruceError, match="not writable"):
+    with pytest.raises(SpruceError, match="the folder /proc is not writable"):
         check_output_file("/proc/m.safetensors")
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(SpruceError, match="not a regular file"):
         check_output_file(tmp_path / "pipe")
+    before = sorted(tmp_path.iterdir())
     made = check_output_file(tmp_path / "new" / "deeper" / "m.safetensors", "--plan")
-    assert made.parent.is_dir() and list(made.parent.iterdir()) == []  # the probe is gone
+    assert made == tmp_path / "new" / "deeper" / "m.safetensors"
+    assert sorted(tmp_path.iterdir()) == before  # nothing created, the probe is gone
 
 
 def test_output_dir_checks(tmp_path):
@@ -58,7 +60,8 @@ def test_output_dir_checks(tmp_path):
         check_output_dir(tmp_path / "file", "--checkpoint-dir")
     with pytest.raises(SpruceError, match="cannot create the folder"):
         check_output_dir(NOT_CREATABLE)
-    assert check_output_dir(tmp_path / "a" / "b").is_dir()
+    assert check_output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

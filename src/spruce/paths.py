@@ -31,31 +31,25 @@ def _existing_ancestor(path: Path) -> Path:
     return Path(".")
 
 
-def _make_folder(folder: Path, target: Path, option: str) -> None:
-    """``folder`` exists afterwards, or a :class:`SpruceError` says why it cannot."""
+def _check_folder(folder: Path, target: Path, option: str) -> None:
+    """``folder`` exists and takes new files, or can be created (nothing is created)."""
     base = _existing_ancestor(folder)
     if not base.is_dir():
         raise _error(f"{option} {target} lies under {base}, which is a file, not a "
                      "folder; choose a path in a folder", target, option)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".spruce-probe-", dir=base)
     except OSError as e:
-        raise _error(f"{option}: cannot create the folder {folder} ({e.strerror or e}); "
-                     "choose a writable place", target, option) from None
-
-
-def _probe(folder: Path, target: Path, option: str) -> None:
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".spruce-probe-", dir=folder)
-    except OSError as e:
-        raise _error(f"{option}: the folder {folder} is not writable ({e.strerror or e}); "
-                     "choose a writable place", target, option) from None
+        what = f"the folder {folder} is not writable" if base == folder else \
+            f"cannot create the folder {folder}: {base} is not writable"
+        raise _error(f"{option}: {what} ({e.strerror or e}); choose a writable place",
+                     target, option) from None
     os.close(fd)
     os.unlink(probe)
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path:
-    """``path`` as a :class:`Path` once a file can be written there (parents created).
+    """``path`` as a :class:`Path` once a file can be written there.
 
     Refused with a :class:`SpruceError` naming ``option``: an existing folder or other
     non-regular file at ``path``, a parent that is a file, a parent that cannot be made,
@@ -64,13 +58,11 @@ def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path
     target = Path(path)
     if str(path).endswith(os.sep) or target.is_dir():
         raise _error(f"{option} {target} is a folder; give a file name, e.g. "
-                          f"{target / 'model.safetensors'}", target, option)
+                     f"{target / 'model.safetensors'}", target, option)
     if target.exists() and not target.is_file():
         raise _error(f"{option} {target} exists and is not a regular file (a pipe or "
                      "device?); give a file name", target, option)
-    folder = target.parent
-    _make_folder(folder, target, option)
-    _probe(folder, target, option)
+    _check_folder(target.parent, target, option)
     if target.exists() and not os.access(target, os.W_OK):
         raise _error(f"{option} {target} exists and is read-only; remove it or choose "
                      "another name", target, option)
@@ -78,7 +70,7 @@ def check_output_file(path: str | os.PathLike, option: str = "--output") -> Path
 
 
 def check_output_dir(path: str | os.PathLike, option: str = "--output") -> Path:
-    """``path`` as a :class:`Path` once it is a writable folder (created if missing).
+    """``path`` as a :class:`Path` once it is, or can be made, a writable folder.
 
     Refused with a :class:`SpruceError` naming ``option``: an existing file at ``path``,
     a parent that is a file, a folder that cannot be made or is not writable.
@@ -86,6 +78,5 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output") -> Path:
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise _error(f"{option} {target} is a file; give a folder", target, option)
-    _make_folder(target, target, option)
-    _probe(target, target, option)
+    _check_folder(target, target, option)
     return target

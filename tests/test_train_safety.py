@@ -20,7 +20,7 @@ from spruce import data
 from spruce.errors import SpruceError
 from spruce.train import NonFiniteLoss, OutputNotWritten, TinyCNN, TrainConfig, runner, train
 from spruce.train import checkpoint as ckpt
-from spruce.train.guard import LOCK_NAME, FolderLock
+from spruce.train.guard import LOCK_NAME, FolderLock, save_or_keep
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # 4 steps of 32 digits, a checkpoint every 2: step_000000002 and step_000000004
@@ -183,6 +183,22 @@ def test_failed_final_save_keeps_the_model_in_the_checkpoint_folder(tmp_path, di
     final = spruce.load(ckpt.latest(ckpt_dir) / "model.safetensors", TinyCNN())
     for a, b in zip(model.state_dict().values(), final.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_without_checkpoint_folder_the_final_model_goes_to_a_new_temporary_folder(tmp_path):
+    written = []
+
+    def save(path):
+        if Path(path) == tmp_path / "m.safetensors":
+            raise PermissionError(13, "Permission denied")
+        Path(path).write_text("model")
+        written.append(Path(path))
+
+    with pytest.raises(OutputNotWritten, match="Permission denied.*kept at") as err:
+        save_or_keep(save, str(tmp_path / "m.safetensors"), None)
+    assert written == [Path(err.value.kept_at)] and written[0].read_text() == "model"
+    assert written[0].parent.name.startswith("spruce-final-")
+    shutil.rmtree(written[0].parent)
 
 
 def test_output_and_checkpoint_dir_checked_before_training(tmp_path):

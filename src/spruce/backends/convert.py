@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SpruceError
 from ..masks import get_mask, mask_info, masked_layers, set_submodule, unparametrized
 from ..view import prunable_layers
 from .base import Backend, channels_last, dtype_name, get_backend, names
@@ -58,6 +59,38 @@ def tolerance(dtype: torch.dtype, device: torch.device) -> float:
                                   or torch.backends.cudnn.allow_tf32):
         return 5e-3  # TF32 matrix units (cuDNN convolutions use them by default)
     return 1e-4
+
+
+DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+               "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16,
+               "bfloat16": torch.bfloat16}
+COMMON_OPTIONS = ("groups_from",)  # read by convert itself (which layers to convert)
+
+
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``dtype`` as a torch dtype: "fp16"/"bf16"/"fp32" (and float16, ...) are accepted."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype.lower()]
+    raise SpruceError(f"dtype={dtype!r} is not a dtype; give torch.float32/float16/bfloat16 "
+                      "or one of 'fp32', 'fp16', 'bf16'", field="dtype")
+
+
+def option_names(b: type[Backend]) -> set[str]:
+    """The options backend ``b`` reads (from ``from_masked`` and ``reason``)."""
+    skip = {"cls", "layer", "mask", "dtype", "device"}
+    return {n for fn in (b.from_masked, b.reason) for n in inspect.signature(fn).parameters
+            if n not in skip} | set(COMMON_OPTIONS)
+
+
+def check_options(b: type[Backend], options: dict[str, Any]) -> None:
+    """An option no backend reads is a typo: refuse it, naming the valid ones."""
+    valid = option_names(b)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise SpruceError(f"backend '{b.name}' has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(sorted(valid))}", field=unknown[0])
 
 
 def _accepted(fn, options: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +186,8 @@ def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
     if not _targets(model, groups_from):
         warnings.warn("nothing to convert: the model carries no spruce masks; returning a "
                       "dense copy", stacklevel=3)
+    dtype = as_dtype(dtype)
+    _check_finite(_targets(model, groups_from))
     new = copy.deepcopy(model).eval()  # eval: capturing shapes must not move BN statistics
     if dtype is not None:
         new = new.to(dtype)
@@ -169,6 +204,14 @@ def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
                               None if mask is None else mask.detach().cpu(),
                               _pattern_names(layer), *shapes.get(name, (None, False))))
     return new, device, dtype, targets
+
+
+def _check_finite(layers: dict[str, nn.Module]) -> None:
+    for name, layer in layers.items():
+        w = layer.weight
+        if w.is_floating_point() and not bool(torch.isfinite(w).all()):
+            raise SpruceError("its weight holds NaN or inf (a diverged training run?); "
+                              "convert a model with finite weights", layer=name)
 
 
 def check_serves(b: type[Backend], t: Target, dtype: torch.dtype, device: torch.device) -> None:
@@ -216,6 +259,7 @@ def convert(model: nn.Module, backend: str | type[Backend] = "dense",
     at ``result.spruce_report``. (``backend="auto"`` lives in :func:`spruce.convert`.)
     """
     b = get_backend(backend)
+    check_options(b, options)
     why = b.unavailable()
     if why:
         raise ValueError(f"backend '{b.name}' is not available here: {why}")

@@ -27,6 +27,8 @@ from ..bench.presets import LAYER_PRESETS, SHAPE_SYNTAX, get_shape, scaled
 from ..bench.records import Record, ResultsWriter
 from ..bench.report import headline_rows, prepare_output, write_report
 from ..bench.sweep import TimingConfig, check_backends, check_device, pattern_cases, torch_dtype
+from ..patterns.block import parse_block
+from .checks import in_range, outputs_ok
 from .common import console, fail
 
 _PATTERN_HELP = "element | N:M (2:4) | block | group | channel; repeat (default: all five)"
@@ -51,9 +53,11 @@ def bench_layer(
 ) -> None:
     """Time layers dense and pruned (every pattern × kept ratio × backend), with the
     group-wise ideal and step breakdown."""
+    outputs_ok(dirs={"--output": output})
     try:
+        in_range("--scale", scale, 0, lo_open=True)
         layers = [scaled(get_shape(s), scale) for s in (shapes or list(LAYER_PRESETS))]
-        options = LayerOptions(timing=_timing(min_time, threads), block=_block(block))
+        options = LayerOptions(timing=_timing(min_time, threads), block=parse_block(block))
         _validate(pattern, density, backend, dtype, device)
     except ValueError as e:
         fail(str(e))
@@ -83,9 +87,11 @@ def bench_model(
     overwrite: bool = typer.Option(False, help="write into a non-empty output folder"),
 ) -> None:
     """Time a model end to end dense and pruned with each pattern × kept ratio × backend."""
+    outputs_ok(dirs={"--output": output})
     try:
+        in_range("--batch", batch, 1)
         options = ModelOptions(timing=_timing(min_time, threads), dataset=dataset,
-                               block=_block(block))
+                               block=parse_block(block))
         _validate(pattern, density, backend, dtype, device)
         zoo.example_input(model, dataset, batch=1)   # unknown model or dataset: say so now
     except ValueError as e:
@@ -116,7 +122,9 @@ def characterize(
 ) -> None:
     """Run a whole study — layers and models, every pattern and backend — and write
     results.json/.csv, plots and report.md (the paper's tables and figures)."""
+    outputs_ok(dirs={"--output": output})
     try:
+        in_range("--threads", threads, 1)
         result = run_characterize(preset, output, device, dtype, overwrite, model or None,
                                   threads, patterns=pattern or None, layers=layers)
     except Interrupted as stop:
@@ -145,19 +153,9 @@ def _validate(pattern: list[str], density: list[float], backend: list[str], dtyp
 
 
 def _timing(min_time: float, threads: int | None) -> TimingConfig:
-    if not min_time > 0:
-        raise ValueError(f"--min-time must be > 0; got {min_time}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1; got {threads}")
+    in_range("--min-time", min_time, 0, lo_open=True)
+    in_range("--threads", threads, 1)
     return TimingConfig(min_time_s=min_time, threads=threads)
-
-
-def _block(text: str) -> tuple[int, int]:
-    try:
-        bo, bk = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"cannot read --block {text!r}; write e.g. 32x32") from None
-    return bo, bk
 
 
 def _run(sweep: Callable[[ResultsWriter | None], None], output: Path | None, overwrite: bool,

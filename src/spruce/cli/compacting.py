@@ -10,7 +10,8 @@ from rich.table import Table
 from ..api import load
 from ..compact import CompactionReport, compact, save_compacted
 from ..io import read_header
-from .common import console, fail, model_of_file, fmt_count, load_model
+from .checks import output_file
+from .common import console, fail, fmt_count, load_model, model_of_file
 
 
 def report_table(report: CompactionReport, title: str) -> Table:
@@ -59,6 +60,7 @@ def compact_cmd(
 ) -> None:
     """Remove every channel, head and stream channel that the masks prune from all the layers
     it touches; print one row per coupled group."""
+    output_file(output)
     try:
         header = read_header(pruned)
         name = model_of_file(header, pruned, model)

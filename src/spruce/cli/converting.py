@@ -13,7 +13,8 @@ from ..api import convert, load, save
 from ..backends import ConversionReport, available
 from ..backends.io import DTYPES
 from ..io import read_header
-from .common import console, fail, model_of_file, load_model
+from .checks import outputs_ok
+from .common import console, fail, load_model, model_of_file
 
 
 def report_table(report: ConversionReport, title: str) -> Table:
@@ -39,6 +40,7 @@ def convert_cmd(
     batch: int = typer.Option(1, help="backend auto: batch of the zoo example input timed"),
 ) -> None:
     """Turn a pruned model into an inference model and print the per-layer report."""
+    outputs_ok(files={"--output": output, "--plan": plan})
     try:
         header = read_header(pruned)
         name = model_of_file(header, pruned, model)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from .checks import in_range, outputs_ok
 from .common import console, fail
 
 
@@ -37,12 +38,16 @@ def learn_mask_cmd(
 ) -> None:
     """Learn N:M masks (weights frozen) and save the model with hard masks."""
     from ..learned import masks as _learned  # noqa: F401  (registers criterion "learned")
-    from ..train import TrainConfig, train
+    from ..train import Interrupted, NonFiniteLoss, TrainConfig, train
     from ..train import setup
+
+    outputs_ok(files={"--output": output}, dirs={"--checkpoint-dir": checkpoint_dir})
 
     criterion = {"name": "learned", "tau": tau, "tau_end": tau_end,
                  "tau_schedule": tau_schedule, "hard": hard, "init": mask_init, "seed": seed}
     try:
+        in_range("--tau", tau, 0, lo_open=True)
+        in_range("--tau-end", tau_end, 0, lo_open=True)
         cfg = TrainConfig(model=model, data=data, epochs=epochs, batch_size=batch_size, lr=lr,
                           optimizer="adamw", weight_decay=0.0, schedule="cosine",
                           pattern=nm, prune_mode="during", criterion=criterion,
@@ -54,7 +59,7 @@ def learn_mask_cmd(
         dataset = setup.load_data(cfg)
         net = setup.make_model(cfg, dataset)
         if init:
-            setup.load_init(net, str(init))
+            net = setup.load_init(net, str(init))
         else:
             console.print("[yellow]no --init: masking the freshly initialised weights[/]")
         net.requires_grad_(False)
@@ -64,6 +69,15 @@ def learn_mask_cmd(
         result = train(cfg, model=net, data=dataset)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
+    except NonFiniteLoss as e:
+        console.print(f"[bold red]stopped:[/] {e}")
+        raise typer.Exit(3) from None
+    except Interrupted as e:
+        console.print(f"[yellow]stopped:[/] {e}")
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped at once[/] (second Ctrl-C)")
+        raise typer.Exit(130) from None
     console.print(f"learned {nm} masks: {result.steps} steps, {result.wall_s:.1f} s, density "
                   f"{result.density:.3f}, held-out {result.metrics}")
     console.print(f"wrote {output}")

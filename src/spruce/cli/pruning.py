@@ -11,7 +11,9 @@ from rich.table import Table
 from ..io import save
 from ..patterns import get_pattern
 from ..prune import prune
+from ..patterns.block import parse_block
 from ..view import find_layers, type_name, view_shape
+from .checks import in_range, output_file
 from .common import console, fail, fmt_count, load_model, print_skipped, report_table
 
 DEMO_PATTERNS = ("element", "2:4", "block", "group", "channel")
@@ -26,7 +28,7 @@ def info(model: str = typer.Argument(..., help="zoo name (resnet18, vgg16, ...) 
     module with weights that stays dense, with the reason."""
     try:
         net = load_model(model, dataset)
-        bo, bk = (int(v) for v in block.lower().split("x"))
+        bo, bk = parse_block(block)
     except ValueError as e:
         fail(str(e))
     found = find_layers(net)
@@ -77,9 +79,11 @@ def prune_cmd(
     output: Path = typer.Option(None, "--output", "-o", help="write a .safetensors file"),
 ) -> None:
     """Prune a model and print the per-layer table (layer, view, pattern, density, kept)."""
+    output_file(output)
     try:
+        in_range("--density", density, 0, 1, lo_open=True)
         net = load_model(model, dataset, seed)
-        kwargs = {"block": tuple(int(v) for v in block.lower().split("x"))} \
+        kwargs = {"block": parse_block(block)} \
             if pattern == "block" else {"unit": unit} if pattern == "group" else {}
         if scope == "coupled":
             kwargs["example_input"] = coupled_example(model, dataset)
@@ -98,6 +102,11 @@ def demo(model: str = typer.Option("resnet18", help="zoo model to prune"),
          dataset: str = typer.Option(None, help="zoo variant (default: imagenet / qqp)"),
          density: float = typer.Option(0.5, help="kept fraction for every pattern")) -> None:
     """Prune a built-in model with every pattern and print each per-layer table."""
+    try:
+        in_range("--density", density, 0, 1, lo_open=True)
+        load_model(model, dataset, seed=0)  # an unknown model or dataset: say so first
+    except ValueError as e:
+        fail(str(e))
     for pat in DEMO_PATTERNS:
         net = load_model(model, dataset, seed=0)
         d = None if get_pattern(pat).fixed_density() else density

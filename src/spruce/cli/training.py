@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..patterns.block import parse_block
+from .checks import outputs_ok
 from .common import console, fail
 
 
@@ -26,14 +28,6 @@ def _criterion(name: str, options: list[str]) -> str | dict:
         except json.JSONDecodeError:
             spec[key.strip()] = value
     return spec
-
-
-def _block(text: str) -> tuple[int, int]:
-    try:
-        bo, bk = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--block {text!r}: write ROWSxCOLS, e.g. 8x8") from None
-    return bo, bk
 
 
 def train_cmd(
@@ -93,16 +87,18 @@ def train_cmd(
     output: Path = typer.Option(None, "--output", "-o", help="write the final model here"),
 ) -> None:
     """Train or fine-tune a model, pruning one-shot, gradually or during training."""
-    from ..train import NonFiniteLoss, TrainConfig, train
+    from ..train import Interrupted, NonFiniteLoss, TrainConfig, train
 
     main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:  # before any work: where the results go must be writable
+        outputs_ok(files={"--output": output}, dirs={"--checkpoint-dir": checkpoint_dir})
     try:
         cfg = TrainConfig(
             model=model, data=data, dataset_format=dataset_format, epochs=epochs, steps=steps,
             eval_every=eval_every,
             batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
             warmup_steps=warmup_steps, weight_decay=weight_decay, pattern=pattern,
-            density=density, block=_block(block), prune_mode=prune_mode,
+            density=density, block=parse_block(block), prune_mode=prune_mode,
             criterion=_criterion(criterion, criterion_opt), scope=scope, exclude=tuple(exclude),
             prune_start=prune_start, prune_end=prune_end, prune_every=prune_every,
             init=str(init) if init else None,
@@ -116,6 +112,15 @@ def train_cmd(
     except NonFiniteLoss as e:
         console.print(f"[bold red]stopped:[/] {e}")
         raise typer.Exit(3) from None
+    except Interrupted as e:
+        if main_rank:
+            console.print(f"[yellow]stopped:[/] {e}")
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        if main_rank:
+            console.print("[yellow]stopped at once[/] (second Ctrl-C); the newest checkpoint "
+                          "written before is intact")
+        raise typer.Exit(130) from None
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         if main_rank:
             fail(str(e))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import SpruceError
 from .base import DataSplits, Split, TensorImages
 from .batches import Samples, TensorDict, pad_collate
 from .cifar import load_cifar10
@@ -55,7 +56,7 @@ def detect_format(path: Path) -> str:
     for name, marks in checks:
         if any((path / m).exists() for m in marks):
             return name
-    raise ValueError(f"{path}: cannot tell the dataset format (no data_batch_1, wnids.txt, "
+    raise SpruceError(f"{path}: cannot tell the dataset format (no data_batch_1, wnids.txt, "
                      "train.tsv or train/ inside); pass --dataset-format "
                      f"{'|'.join(READERS)}")
 
@@ -71,7 +72,7 @@ def load(data: str | Path, format: str | None = None, **options: Any) -> DataSpl
     path = Path(data)
     format = format or detect_format(path)
     if format not in READERS:
-        raise ValueError(f"unknown dataset format {format!r}; valid: {', '.join(formats())}")
+        raise SpruceError(f"unknown dataset format {format!r}; valid: {', '.join(formats())}")
     return _call(READERS[format], path, **options)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..errors import SpruceError
 from .transforms import Transform
 
 
@@ -52,7 +53,7 @@ class TensorImages(Split):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor,
                  transform: Transform | None = None):
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+            raise SpruceError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         self.images, self.labels, self.transform = images, labels.to(torch.int64), transform
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..errors import SpruceError
 from .base import Split
 
 
@@ -32,7 +33,7 @@ def pad_collate(items: list[Mapping[str, Any]], pad_value: int = 0,
     ``batch[mask_key]`` is the 0/1 mask ``[B, L]`` of the first padded key's real tokens
     (the ``attention_mask`` a Hugging Face encoder takes)."""
     if not items:
-        raise ValueError("pad_collate got an empty batch; a plan never asks for one")
+        raise SpruceError("pad_collate got an empty batch; a plan never asks for one")
     out: dict[str, torch.Tensor] = {}
     lengths = None
     for key in items[0]:
@@ -53,7 +54,7 @@ def pad_collate(items: list[Mapping[str, Any]], pad_value: int = 0,
 def _pad(seqs: list[Sequence[int]], pad_value: int, key: str) -> tuple[torch.Tensor, list[int]]:
     lengths = [len(s) for s in seqs]
     if min(lengths) == 0:
-        raise ValueError(f"pad_collate: '{key}' holds an empty sequence; drop empty samples "
+        raise SpruceError(f"pad_collate: '{key}' holds an empty sequence; drop empty samples "
                          "(an encoder cannot pool over zero tokens)")
     padded = torch.full((len(seqs), max(lengths)), pad_value, dtype=torch.int64)  # (B, L)
     for r, s in enumerate(seqs):
@@ -85,10 +86,10 @@ class TensorDict(Split):
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]):
         if not tensors:
-            raise ValueError("TensorDict needs at least one tensor")
+            raise SpruceError("TensorDict needs at least one tensor")
         sizes = {k: int(t.shape[0]) for k, t in tensors.items()}
         if len(set(sizes.values())) != 1:
-            raise ValueError(f"TensorDict tensors must share their first dimension; got {sizes}")
+            raise SpruceError(f"TensorDict tensors must share their first dimension; got {sizes}")
         self.tensors = dict(tensors)
         self.n = next(iter(sizes.values()))
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import SpruceError
 from .base import DataSplits, TensorImages
 from .transforms import cifar_train, plain_eval
 
@@ -59,23 +60,45 @@ def read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(file, "rb") as f:
             d = _SafeUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise ValueError(f"{file}: not a CIFAR-10 python batch ({e})") from None
+        raise SpruceError(f"{file}: not a CIFAR-10 python batch ({e})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{file}: holds a {type(d).__name__}; expected a dict with 'data' "
+        raise SpruceError(f"{file}: holds a {type(d).__name__}; expected a dict with 'data' "
                          "and 'labels'")
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
     data, labels = d.get("data"), d.get("labels")
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != ROW \
             or data.dtype != np.uint8:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else repr(type(data))
-        raise ValueError(f"{file}: 'data' is {got}; expected uint8 rows of {ROW} values "
+        raise SpruceError(f"{file}: 'data' is {got}; expected uint8 rows of {ROW} values "
                          "(3 planes of 32x32)")
-    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
-    if labels.shape != (data.shape[0],):
-        raise ValueError(f"{file}: {labels.size} labels for {data.shape[0]} images")
+    labels = _labels(file, labels, data.shape[0])
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{file}: labels must be 0..9; found {labels.min()}..{labels.max()}")
+        raise SpruceError(f"{file}: labels must be 0..9; found {labels.min()}..{labels.max()}")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _labels(file: Path, labels: Any, n: int) -> np.ndarray:
+    """``labels`` as int64 ``[n]``, checked for size and type before anything is built:
+    a list of lists (or a list sharing itself) would otherwise expand without bound."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise SpruceError(f"{file}: 'labels' is a {labels.dtype} array of shape "
+                              f"{labels.shape}; expected {n} integers")
+    elif isinstance(labels, (list, tuple)):
+        if len(labels) == n and not all(map(_is_int, labels)):
+            bad = next(v for v in labels if not _is_int(v))
+            raise SpruceError(f"{file}: 'labels' holds a {type(bad).__name__}; expected "
+                              f"{n} integers 0..9")
+    else:
+        raise SpruceError(f"{file}: 'labels' is {type(labels).__name__}; expected a list of "
+                          f"{n} integers 0..9")
+    if len(labels) != n:
+        raise SpruceError(f"{file}: {len(labels)} labels for {n} images")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def _read_all(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import SpruceError
 from .base import DataSplits, TensorImages
 
 SPLIT_SEED = 0
@@ -55,7 +56,7 @@ def _read(npz: str | None):
         with np.load(npz) as f:
             missing = {"images", "target"} - set(f.files)
             if missing:
-                raise ValueError(f"{npz}: digits .npz needs arrays 'images' [N, 8, 8] and "
+                raise SpruceError(f"{npz}: digits .npz needs arrays 'images' [N, 8, 8] and "
                                  f"'target' [N]; missing {sorted(missing)}")
             return f["images"], f["target"], str(npz)
     try:

@@ -13,11 +13,13 @@ Images are decoded when a batch is built (in DataLoader workers with ``workers >
 
 from __future__ import annotations
 
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
+from ..errors import SpruceError
 from .base import DataSplits, Split, stack_images
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Transform, cifar_train,
                          imagenet_eval, imagenet_train, plain_eval)
@@ -32,11 +34,12 @@ def decode(path: Path) -> torch.Tensor:
     except ImportError:
         raise ImportError("reading JPEG datasets needs Pillow: pip install pillow==13.0.0") \
             from None
+    _regular(path)
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot decode image ({e})") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise SpruceError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -56,8 +59,40 @@ class ImageFiles(Split):
         return stack_images(items)
 
 
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file: a pipe or device named like an image would block
+    the reader forever, a folder would fail later with a less clear error."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise SpruceError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise SpruceError(f"{path}: not a regular file (a folder, pipe or device named like "
+                          "an image); remove it from the dataset")
+    return path
+
+
+def _text(file: Path) -> str:
+    try:
+        return _regular(file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = file.read_bytes()[:e.start].count(b"\n") + 1
+        raise SpruceError(f"{file}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") \
+            from None
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(_regular(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _inside(root: Path, name: str, where: str) -> Path:
+    """``root / name`` for a plain relative name; absolute paths and ``..`` would read
+    files outside the dataset."""
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if not name or rel.is_absolute() or ".." in rel.parts:
+        raise SpruceError(f"{where}: file name {name[:60]!r} leaves the dataset folder "
+                          f"{root}; names must be relative, without '..'")
+    return root / rel
 
 
 def _need_dir(path: Path, what: str) -> Path:
@@ -72,11 +107,11 @@ def class_folders(split_dir: Path, classes: list[str] | None = None
     _need_dir(split_dir, "one folder per class holding its images")
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if not found:
-        raise ValueError(f"{split_dir}: no class folders; expected {split_dir}/<class>/<image>")
+        raise SpruceError(f"{split_dir}: no class folders; expected {split_dir}/<class>/<image>")
     classes = found if classes is None else classes
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{split_dir}: class folder(s) {unknown[:3]} are not among the "
+        raise SpruceError(f"{split_dir}: class folder(s) {unknown[:3]} are not among the "
                          f"training classes; both splits need the same class folders")
     files, labels = [], []
     for label, name in enumerate(classes):
@@ -85,7 +120,7 @@ def class_folders(split_dir: Path, classes: list[str] | None = None
             files += imgs
             labels += [label] * len(imgs)
     if not files:
-        raise ValueError(f"{split_dir}: the class folders hold no .JPEG/.jpg/.png files")
+        raise SpruceError(f"{split_dir}: the class folders hold no .JPEG/.jpg/.png files")
     return files, labels, classes
 
 
@@ -109,14 +144,14 @@ def _tiny_val(root: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]
         raise FileNotFoundError(f"{ann}: missing; Tiny-ImageNet labels its validation images "
                                 "there (file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1 per line)")
     files, labels = [], []
-    for n, line in enumerate(ann.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(ann).splitlines(), 1):
         if not line.strip():
             continue
         cols = line.split("\t")
         if len(cols) < 2 or cols[1] not in index:
-            raise ValueError(f"{ann}:{n}: expected 'file<TAB>wnid<TAB>box' with a wnid from "
+            raise SpruceError(f"{ann}:{n}: expected 'file<TAB>wnid<TAB>box' with a wnid from "
                              f"wnids.txt; got {line[:60]!r}")
-        img = root / "val" / "images" / cols[0]
+        img = _inside(root / "val" / "images", cols[0], f"{ann}:{n}")
         if not img.is_file():
             raise FileNotFoundError(f"{img}: listed in {ann}:{n} but missing")
         files.append(img)
@@ -132,11 +167,12 @@ def load_tiny_imagenet(path: str | Path, augment: bool = True) -> DataSplits:
     if not wnids_file.is_file():
         raise FileNotFoundError(f"{wnids_file}: missing; a Tiny-ImageNet folder holds wnids.txt, "
                                 "train/<wnid>/images/ and val/images/ + val/val_annotations.txt")
-    wnids = sorted({w.strip() for w in wnids_file.read_text().split() if w.strip()})
+    wnids = sorted({w.strip() for w in _text(wnids_file).split() if w.strip()})
     index = {w: i for i, w in enumerate(wnids)}
     files, labels = [], []
     for w in wnids:
-        folder = _need_dir(root / "train" / w / "images", f"the training images of {w}")
+        folder = _need_dir(_inside(root / "train", w, str(wnids_file)) / "images",
+                           f"the training images of {w}")
         imgs = _images_in(folder)
         files += imgs
         labels += [index[w]] * len(imgs)

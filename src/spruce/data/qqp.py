@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..errors import SpruceError
 from .base import DataSplits, Split
 
 HEADER = ("id", "qid1", "qid2", "question1", "question2", "is_duplicate")
@@ -92,22 +93,48 @@ def read_tsv(file: Path) -> tuple[list[tuple[str, str]], list[int], int]:
     """(question pairs, labels, rows skipped) of one GLUE QQP file."""
     if not file.is_file():
         raise FileNotFoundError(f"{file}: missing; a GLUE QQP folder holds train.tsv and dev.tsv")
+    try:
+        return _read_rows(file)
+    except UnicodeDecodeError as e:
+        raise SpruceError(f"{file}:{_first_bad_line(file)}: not UTF-8 text ({e.reason}); "
+                          "GLUE files are UTF-8") from None
+
+
+def _first_bad_line(file: Path) -> int:
+    with open(file, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return 0
+
+
+def _read_rows(file: Path) -> tuple[list[tuple[str, str]], list[int], int]:
     with open(file, newline="", encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = tuple(next(rows, ()))
-        if header != HEADER:
-            raise ValueError(f"{file}: header is {list(header)[:6]}; expected the GLUE QQP "
-                             f"columns {list(HEADER)}")
-        pairs, labels, skipped = [], [], 0
-        for row in rows:
-            if len(row) != len(HEADER) or row[5] not in ("0", "1"):
-                skipped += 1
-                continue
-            pairs.append((row[3], row[4]))
-            labels.append(int(row[5]))
+        try:
+            return _parse(file, rows)
+        except csv.Error as e:
+            raise SpruceError(f"{file}:{rows.line_num}: unreadable row ({e}); each row holds "
+                              "6 tab-separated columns of ordinary length") from None
+
+
+def _parse(file: Path, rows) -> tuple[list[tuple[str, str]], list[int], int]:
+    header = tuple(next(rows, ()))
+    if header != HEADER:
+        raise SpruceError(f"{file}: header is {list(header)[:6]}; expected the GLUE QQP "
+                          f"columns {list(HEADER)}")
+    pairs, labels, skipped = [], [], 0
+    for row in rows:
+        if len(row) != len(HEADER) or row[5] not in ("0", "1"):
+            skipped += 1
+            continue
+        pairs.append((row[3], row[4]))
+        labels.append(int(row[5]))
     if not labels:
-        raise ValueError(f"{file}: no readable row (each needs 6 tab-separated columns and "
-                         f"a 0/1 label; {skipped} skipped)")
+        raise SpruceError(f"{file}: no readable row (each needs 6 tab-separated columns and "
+                          f"a 0/1 label; {skipped} skipped)")
     return pairs, labels, skipped
 
 

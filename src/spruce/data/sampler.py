@@ -10,6 +10,7 @@ a run resumed at step ``b`` of an epoch loads exactly the batches it has not yet
 from __future__ import annotations
 
 import torch
+from ..errors import SpruceError
 
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9)
 
@@ -28,16 +29,16 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Te
 
 def steps_per_epoch(n: int, global_batch: int) -> int:
     if global_batch < 1:
-        raise ValueError(f"batch size must be >= 1; got {global_batch}")
+        raise SpruceError(f"batch size must be >= 1; got {global_batch}")
     if n < global_batch:
-        raise ValueError(f"the training split has {n} samples, fewer than one global batch "
+        raise SpruceError(f"the training split has {n} samples, fewer than one global batch "
                          f"of {global_batch}; lower --batch-size")
     return n // global_batch
 
 
 def check_world(global_batch: int, world: int) -> int:
     if global_batch % world:
-        raise ValueError(f"global batch {global_batch} does not split evenly over {world} "
+        raise SpruceError(f"global batch {global_batch} does not split evenly over {world} "
                          f"processes; use a batch size divisible by {world}")
     return global_batch // world
 

@@ -6,21 +6,50 @@ too (smaller ones). Kept tiles = ``kept_count(density, number of tiles)``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
 
+from ..errors import SpruceError
 from .base import Pattern, register
+
+
+BLOCK_FORMS = "an int (8 → 8x8), a string '8x8' or a pair (8, 8) of sides >= 1"
+
+
+def parse_block(block: Any) -> tuple[int, int]:
+    """``(bo, bk)`` from ``8``, ``"8x8"``, ``"8"`` or ``(8, 8)``; SpruceError otherwise."""
+    sides: Any = block
+    if isinstance(block, str):
+        parts = block.lower().replace("×", "x").split("x")
+        sides = parts * 2 if len(parts) == 1 else parts
+    elif isinstance(block, numbers.Integral) and not isinstance(block, bool):
+        sides = (block, block)
+    try:
+        bo, bk = (_side(v) for v in sides)
+    except (TypeError, ValueError):
+        raise SpruceError(f"block={block!r} is not a block shape; give {BLOCK_FORMS}",
+                          field="block") from None
+    if bo < 1 or bk < 1:
+        raise SpruceError(f"block sides must be >= 1; got block={block!r} ({bo}x{bk})",
+                          field="block")
+    return bo, bk
+
+
+def _side(v: Any) -> int:
+    """An integer side: ints and integer strings, not floats like 2.5 or booleans."""
+    if isinstance(v, bool) or isinstance(v, float):
+        raise TypeError(v)
+    return int(v.strip()) if isinstance(v, str) else int(v)
 
 
 @register("block")
 class Block(Pattern):
-    def __init__(self, block: tuple[int, int] | list[int] = (8, 8), reduce: str = "sumsq"):
+    def __init__(self, block: int | str | tuple[int, int] | list[int] = (8, 8),
+                 reduce: str = "sumsq"):
         super().__init__(reduce)
-        bo, bk = (int(b) for b in block)
-        if bo < 1 or bk < 1:
-            raise ValueError(f"block sides must be >= 1; got block=({bo}, {bk})")
-        self.block = (bo, bk)
+        self.block = parse_block(block)
 
     def check_shape(self, shape: tuple[int, int]) -> None:
         bo, bk = self.block

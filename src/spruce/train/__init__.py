@@ -24,17 +24,23 @@ metrics are hooks (``hooks.py``), and any batches fit (``spruce.data.Samples``):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from torch import nn
+
+from ..paths import check_output_dir, check_output_file
 
 from ..data import DataSplits, Split
 from .config import TrainConfig
+from .guard import FolderLock, Interrupted, OutputNotWritten
 from .hooks import Evaluator, Objective
 from .models import TinyCNN
 from .runner import NonFiniteLoss, Trainer, TrainResult
 from .schedule import density_at, lr_at, prune_steps
 
-__all__ = ["Evaluator", "NonFiniteLoss", "Objective", "TinyCNN", "TrainConfig", "TrainResult",
-           "density_at", "lr_at", "prune_steps", "train"]
+__all__ = ["Evaluator", "Interrupted", "NonFiniteLoss", "Objective", "OutputNotWritten",
+           "TinyCNN", "TrainConfig", "TrainResult", "density_at", "lr_at", "prune_steps",
+           "train"]
 
 
 def train(cfg: TrainConfig, model: nn.Module | None = None,
@@ -46,12 +52,23 @@ def train(cfg: TrainConfig, model: nn.Module | None = None,
     {name: value}`` the classification metrics (see ``spruce.train.hooks``); a resumed run
     is given the same hooks. ``data`` may be a bare split (no test split then). Under
     ``torchrun`` every process calls this; they form one DDP group.
+
+    The output file and checkpoint folder are checked writable before anything runs; the
+    checkpoint folder is locked for the run (a second run on it fails at once). Ctrl-C
+    stops after the current step with a checkpoint (:class:`Interrupted`); a final model
+    that cannot be written is kept in the checkpoint folder (:class:`OutputNotWritten`).
     """
     from . import distributed
 
     cfg = cfg.validated()
+    if cfg.output:  # a run must not end by failing to write its result
+        check_output_file(cfg.output, "output")
+    if cfg.checkpoint_dir:
+        check_output_dir(cfg.checkpoint_dir, "checkpoint_dir")
     d = distributed.setup(cfg.device)
+    lock = FolderLock(cfg.checkpoint_dir) if cfg.checkpoint_dir and d.is_main else None
     try:
-        return Trainer(cfg, d, model, data, objective, evaluator).fit()
+        with lock or nullcontext():
+            return Trainer(cfg, d, model, data, objective, evaluator).fit()
     finally:
         distributed.cleanup(d)

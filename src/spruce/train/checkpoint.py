@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,11 +32,14 @@ from torch import nn
 
 from ..api import load as load_model
 from ..api import save as save_model
+from ..errors import SpruceError
 from ..io import atomic_save, atomic_write_text
+from .validate import REMEDY, check_state, first_nonfinite, loading, model_tensors
 
 POINTER = "last"
 TMP_PREFIX = ".tmp-step_"
 FILES = ("model.safetensors", "optim.safetensors", "state.json")
+STEP_NAME = re.compile(r"step_\d{9,}")
 
 
 def step_dir_name(step: int) -> str:
@@ -64,6 +68,8 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore the states :func:`rng_state` wrote (a damaged one raises on its own type;
+    :func:`load` turns that into a SpruceError naming the file)."""
     torch.set_rng_state(_unb64(state["torch"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.frombuffer(base64.b64decode(keys), dtype=np.uint32).copy(),
@@ -146,27 +152,40 @@ def latest(ckpt_dir: str | Path) -> Path | None:
     root = Path(ckpt_dir)
     pointer = root / POINTER
     if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if named.is_dir() and _complete(named):
+        name = pointer.read_text().strip()
+        named = root / name
+        if STEP_NAME.fullmatch(name) and named.is_dir() and _complete(named):
             return named
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and _complete(p))
+    done = sorted(p for p in root.glob("step_*")
+                  if STEP_NAME.fullmatch(p.name) and p.is_dir() and _complete(p))
     return done[-1] if done else None
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint, every field checked (see :mod:`.validate`)."""
     file = Path(path) / "state.json"
     try:
-        return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: unreadable checkpoint state ({e})") from None
+        state = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpruceError(f"{file}: unreadable checkpoint state ({e}); {REMEDY}") from None
+    return check_state(state, file)
 
 
 def load(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
          ) -> dict[str, Any]:
-    """Restore weights, masks and optimizer state from ``path``; returns its state."""
+    """Restore weights, masks and optimizer state from ``path``; returns its state.
+    Damaged files and non-finite tensors raise a SpruceError naming the file."""
     path = Path(path)
     state = read_state(path)
-    load_model(path / "model.safetensors", model)
-    tensors = load_file(str(path / "optim.safetensors"))
-    optimizer.load_state_dict(join_tensors(state["optimizer"], tensors))
+    with loading(path / "model.safetensors", "weights"):
+        load_model(path / "model.safetensors", model)
+    with loading(path / "optim.safetensors", "optimizer tensors"):
+        tensors = load_file(str(path / "optim.safetensors"))
+    with loading(path / "state.json", "optimizer state"):
+        optimizer.load_state_dict(join_tensors(state["optimizer"], tensors))
+    for file, named in (("model.safetensors", model_tensors(model)),
+                        ("optim.safetensors", iter(tensors.items()))):
+        bad = first_nonfinite(named)
+        if bad is not None:
+            raise SpruceError(f"{path / file}: tensor '{bad}' holds NaN or inf; {REMEDY}")
     return state

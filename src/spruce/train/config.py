@@ -9,10 +9,12 @@ between a run and its resumption.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..errors import SpruceError
 from .schedule import LR_SCHEDULES
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -75,22 +77,21 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the files
 
     def validated(self) -> TrainConfig:
-        """A copy with defaults resolved; raises ValueError naming the bad field."""
+        """A copy with defaults resolved; raises SpruceError naming the bad field, its
+        option and its valid range."""
         cfg = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
         _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
         _check_choice("schedule", cfg.schedule, LR_SCHEDULES)
         _check_choice("amp_dtype", cfg.amp_dtype, ("bf16", "fp16"))
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
-            if int(getattr(cfg, name)) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(cfg, name)}")
-        if cfg.lr <= 0:
-            raise ValueError(f"lr must be > 0; got {cfg.lr}")
-        if cfg.steps is not None and int(cfg.steps) < 1:
-            raise ValueError(f"steps must be >= 1 (or None to count epochs); got {cfg.steps}")
-        if cfg.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0 (0: at epoch ends); got {cfg.eval_every}")
-        if cfg.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0; got {cfg.checkpoint_every}")
+        _check_device(cfg.device)
+        for name, lo, hi in RANGES:
+            _check_range(name, getattr(cfg, name), lo, hi)
+        if cfg.density is not None and not 0 < cfg.density <= 1:
+            raise _field_error("density", "a kept fraction in (0, 1]", cfg.density)
+        if cfg.lr is None or not cfg.lr > 0:
+            raise _field_error("lr", "> 0", cfg.lr)
+        if cfg.weight_decay is None or not cfg.weight_decay >= 0:
+            raise _field_error("weight_decay", ">= 0", cfg.weight_decay)
         if cfg.resume and not cfg.checkpoint_dir:
             raise ValueError("resume needs checkpoint_dir (the folder the run wrote)")
         if cfg.pattern is None:
@@ -107,6 +108,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
 
+
+OPTIONAL = ("steps", "prune_end", "prune_every", "threads", "num_classes", "image_size")
 
 RESUME_KEYS = ("model", "data", "dataset_format", "num_classes", "image_size", "tokenizer",
                "augment", "init", "epochs", "steps", "batch_size", "optimizer", "lr", "momentum",
@@ -135,4 +138,46 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        raise _named(f"unknown {name} {value!r}; valid: {', '.join(valid)}", name)
+
+
+# (field, lowest, highest) of the integer fields; None: no bound, or the field is optional
+RANGES: tuple[tuple[str, int, int | None], ...] = (
+    ("epochs", 1, None), ("batch_size", 1, None), ("eval_batch_size", 1, None),
+    ("log_every", 1, None), ("keep_checkpoints", 1, None), ("steps", 1, None),
+    ("eval_every", 0, None), ("checkpoint_every", 0, None), ("warmup_steps", 0, None),
+    ("prune_start", 0, None), ("prune_end", 0, None), ("prune_every", 1, None),
+    ("threads", 1, None), ("workers", 0, None), ("num_classes", 1, None),
+    ("image_size", 1, None), ("seed", 0, None))
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_error(name: str, valid: str, value: Any) -> SpruceError:
+    return _named(f"{name} ({_option(name)}) must be {valid}; got {value!r}", name)
+
+
+def _named(message: str, name: str) -> SpruceError:
+    """A SpruceError whose message names the field itself (no prefix added)."""
+    err = SpruceError(message)
+    err.field = name
+    return err
+
+
+def _check_range(name: str, value: Any, lo: int, hi: int | None) -> None:
+    if value is None and name in OPTIONAL:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _field_error(name, "an integer", value)
+    if value < lo or (hi is not None and value > hi):
+        raise _field_error(name, f">= {lo}" if hi is None else f"in [{lo}, {hi}]", value)
+
+
+def _check_device(device: Any) -> None:
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise _named(f"device (--device) {device!r} is not one of auto, cpu, cuda, cuda:N",
+                     "device")

@@ -26,15 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..api import save as save_model
-from ..criteria.during_training import TrainableMask
 from ..data import DataSplits, Split, TensorImages, steps_per_epoch, train_plan
 from ..io import atomic_write_text
-from ..masks import get_mask, original_weight
 from ..prune import density_of
-from ..view import prunable_layers
 from . import checkpoint as ckpt
 from . import hooks, setup
 from .config import TrainConfig, config_hash, fingerprint
@@ -42,7 +38,9 @@ from .distributed import Dist, all_reduce_sum, barrier, broadcast_, gather_objec
 from .evaluate import autocast, evaluate, headline, headline_key, logits_and_labels, to_device
 from .logs import EVAL_FIELDS, TRAIN_FIELDS, CsvLog, ProgressBar, Throughput, plot_curves
 from .schedule import lr_at
-from .sparsity import Sparsifier, broadcast_masks
+from .guard import Interrupted, OutputNotWritten, StopSignal, save_or_keep
+from .sparsity import Sparsifier, broadcast_masks, effective_density
+from .validate import check_state, first_nonfinite, loading, model_tensors
 
 
 class NonFiniteLoss(RuntimeError):
@@ -72,35 +70,6 @@ class TrainResult:
         return headline(self.metrics)
 
 
-def effective_density(model: nn.Module) -> float:
-    """Kept fraction of the prunable weights, counting what trainable masks keep now
-    (before :meth:`Sparsifier.finalize` turns them into fixed masks). It never runs a
-    mask's forward, which may sample (learned masks): logging must not move the RNG."""
-    kept = total = 0
-    for layer in prunable_layers(model)[0].values():
-        n = original_weight(layer).numel()  # not layer.weight: a Gumbel mask would draw noise
-        total += n
-        trainable = _trainable_mask(layer)
-        m = get_mask(layer)
-        if m is None and trainable is None:
-            kept += n
-            continue
-        plist = layer.parametrizations.weight
-        if m is None:  # a trainable mask alone, attached by the caller (e.g. attach_learned)
-            m = trainable.keep_mask(plist.original)
-        elif trainable is not None:
-            m = trainable.keep_mask(plist[0](plist.original)) & plist[0].mask
-        kept += int(m.sum())
-    return kept / max(1, total)
-
-
-def _trainable_mask(layer: nn.Module) -> TrainableMask | None:
-    if not parametrize.is_parametrized(layer, "weight"):
-        return None
-    return next((p for p in layer.parametrizations.weight if isinstance(p, TrainableMask)),
-                None)
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: Dist, model: nn.Module | None = None,
                  data: DataSplits | Split | None = None,
@@ -128,7 +97,7 @@ class Trainer:
             (Path(cfg.output).parent if cfg.output else None)
         resume_path = self._resume_path()
         if cfg.init and resume_path is None:
-            setup.load_init(self.model, cfg.init)
+            self.model = setup.load_init(self.model, cfg.init)
         self.trainables = self.sparsifier.prepare(self.model)
         self.trainables += setup.attached_trainables(self.model, self.trainables)
         self.model.to(d.device)
@@ -174,15 +143,16 @@ class Trainer:
         return found if cfg.resume else None
 
     def _resume(self, path: Path) -> None:
-        state = ckpt.read_state(path)
+        state = check_state(ckpt.read_state(path), path / "state.json", self.total)
         setup.check_resume(state, self.cfg, self.model, path)
         hooks.check_hooks(state, self.objective, path)
         ckpt.load(path, self.model, self.optimizer)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
-        ckpt.set_rng_state(rngs[self.d.rank] if self.d.rank < len(rngs) else rngs[0],
-                           self.d.device)
+        with loading(path / "state.json", "RNG state"):
+            ckpt.set_rng_state(rngs[self.d.rank] if self.d.rank < len(rngs) else rngs[0],
+                               self.d.device)
         self.step, self.wall_s = int(state["step"]), float(state.get("wall_s", 0.0))
         self.history = state.get("history", [])
         self.samples = int(state.get("samples", 0))
@@ -209,7 +179,15 @@ class Trainer:
                 "hooks": self.hooks}
 
     def save_checkpoint(self) -> None:
-        """Collective (gathers every rank's RNG state); only rank 0 writes."""
+        """Collective (gathers every rank's RNG state); only rank 0 writes. Weights that
+        hold NaN/inf are never written: the last good checkpoint stays the newest."""
+        bad = first_nonfinite(model_tensors(self.model))
+        if bad is not None:
+            kept = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else \
+                "no checkpoint was written before"
+            raise NonFiniteLoss(f"'{bad}' holds NaN or inf after step {self.step}; no "
+                                f"checkpoint was written, {kept}. Lower --lr (now "
+                                f"{self.cfg.lr:g}) or add --warmup-steps")
         rngs = gather_objects(ckpt.rng_state(self.d.device), self.d)
         if self.d.is_main and self.cfg.checkpoint_dir:
             self.last_ckpt = ckpt.save(self.cfg.checkpoint_dir, self.model, self.optimizer,
@@ -278,7 +256,7 @@ class Trainer:
         train_log, eval_log = self._open_logs()
         bar = ProgressBar(self.total, self.step, self.cfg.progress and self.d.is_main)
         self.net.train()
-        with bar:
+        with StopSignal() as self.stop, bar:
             while self.step < self.total:
                 self._epoch(bar, train_log, eval_log)
         self._prune_event()  # a gradual schedule may end at the very last step
@@ -312,6 +290,9 @@ class Trainer:
                 self.wall_s += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self.save_checkpoint()
+            if self._stop_requested():
+                self.wall_s += time.perf_counter() - t0
+                self._interrupt()
             if self.step == last:  # a step budget may end the run part way through an epoch
                 break
         self.wall_s += time.perf_counter() - t0
@@ -322,6 +303,20 @@ class Trainer:
             key = self._headline if self.custom_metrics else None
             plot_curves(self.dir / "train_log.csv", self.dir / "eval_log.csv",
                         self.dir / "curves.png", f"{self.cfg.model} on {self.data.name}", key)
+
+    def _stop_requested(self) -> bool:
+        """Ctrl-C on any rank stops every rank after the same step."""
+        flag = torch.tensor(float(self.stop.requested))
+        return bool(all_reduce_sum(flag, self.d) > 0) if self.d.active else self.stop.requested
+
+    def _interrupt(self) -> None:
+        self.save_checkpoint()
+        if self.cfg.checkpoint_dir:
+            where = f"checkpoint {self.last_ckpt} written; continue with --resume"
+        else:
+            where = "nothing was saved (no --checkpoint-dir)"
+        raise Interrupted(f"interrupted after step {self.step} of {self.total}: {where}",
+                          str(self.last_ckpt) if self.cfg.checkpoint_dir else None)
 
     def _evaluation(self, epoch: int, bar: ProgressBar, eval_log: CsvLog | None) -> None:
         metrics = self.evaluator()
@@ -355,17 +350,24 @@ class Trainer:
                              self.cfg.output, str(self.last_ckpt or "") or None,
                              self.resumed_from, self.notes + self.data.notes, self.d.world,
                              str(self.d.device), self.log_rows)
+        failed = None
         if self.d.is_main:
             extra = {"train": {"config": self.cfg.to_dict(), "metrics": metrics,
                                "steps": self.step, "density": result.density}}
-            if self.cfg.output:
-                save_model(self.model, self.cfg.output, extra=extra)
-            if self.dir:  # the log rows are in train_log.csv already
+            if self.cfg.output:  # if it cannot go there, it goes to the checkpoint folder
+                try:
+                    save_or_keep(lambda p: save_model(self.model, p, extra=extra),
+                                 self.cfg.output, self.cfg.checkpoint_dir)
+                except OutputNotWritten as e:
+                    failed = e
+            if self.dir and (failed is None or self.cfg.checkpoint_dir):
                 body = {k: v for k, v in asdict(result).items() if k != "log"}
-                atomic_write_text(self.dir / "results.json",
+                atomic_write_text(self.dir / "results.json",  # the log rows are in the CSV
                                   json.dumps({**body, "config": self.cfg.to_dict()},
                                              indent=1, default=str))
         barrier(self.d)
+        if failed is not None:
+            raise failed
         return result
 
 

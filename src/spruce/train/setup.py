@@ -13,6 +13,8 @@ from torch import nn
 
 from .. import data as datasets
 from ..api import load as load_weights
+from ..errors import SpruceError
+from ..io import read_header
 from ..criteria.during_training import TrainableMask
 from .config import TrainConfig, resume_mismatch
 from .distributed import Dist
@@ -53,10 +55,23 @@ def check_classes(model: nn.Module, data: datasets.DataSplits, cfg: TrainConfig)
                          f"the model with num_classes={data.num_classes}")
 
 
-def load_init(model: nn.Module, path: str) -> None:
+def load_init(model: nn.Module, path: str) -> nn.Module:
+    """``model`` holding the weights (and masks) of the ``spruce.save`` file ``path``.
+
+    Converted and compacted files describe inference models whose layers are not the
+    trainable layers of ``model``: they are refused, naming the file to use instead."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"init weights {path}: no such file (a spruce.save file)")
-    load_weights(path, model)
+    header = read_header(path)
+    kind = header.get("format") if isinstance(header, dict) else None
+    if kind in ("converted", "compacted"):
+        made_by = "spruce convert" if kind == "converted" else "spruce compact"
+        raise SpruceError(f"--init: this is a {kind} model (written by {made_by}): its layers "
+                          "are inference modules, not the model's trainable layers; start "
+                          "from the pruned or dense file it was made from (spruce prune / "
+                          "spruce train --output)", path=path)
+    loaded = load_weights(path, model)
+    return loaded if loaded is not None else model
 
 
 def canonical_name(name: str) -> str:

@@ -21,10 +21,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..criteria import during_training as during  # registers sr-ste, block-gate, dst
 from ..criteria import get_criterion
-from ..masks import attach, mask_module, masked_layers, original_weight
+from ..criteria.during_training import TrainableMask
+from ..errors import SpruceError
+from ..masks import attach, get_mask, mask_module, masked_layers, original_weight
 from ..patterns import get_pattern
 from ..prune import PruneReport, prune
 from ..view import prunable_layers, taps, view_shape
@@ -68,10 +71,15 @@ class Sparsifier:
         cfg, start = self.cfg, self.cfg.prune_start
         final = self.final_density()
         if self.mode == "oneshot":
+            if start > self.total:
+                raise SpruceError(
+                    f"--prune-start {start} is after the run's last step ({self.total}): the "
+                    f"model would train dense and never be pruned; use a prune_start in "
+                    f"[0, {self.total}] or more --steps/--epochs")
             return {start: final}
         end = cfg.prune_end if cfg.prune_end is not None else max(start, (3 * self.total) // 4)
         if not (0 <= start <= end <= self.total):
-            raise ValueError(f"gradual pruning needs 0 <= prune_start ({start}) <= prune_end "
+            raise SpruceError(f"gradual pruning needs 0 <= prune_start ({start}) <= prune_end "
                              f"({end}) <= the run's {self.total} steps")
         every = cfg.prune_every or max(1, (end - start) // 20)
         return {s: density_at(s, start, end, 1.0, final) for s in prune_steps(start, end, every)}
@@ -168,3 +176,32 @@ def broadcast_masks(model: nn.Module, broadcast) -> None:
         flags = mask.to(torch.uint8)
         broadcast(flags)
         mask.copy_(flags.bool())
+
+
+def effective_density(model: nn.Module) -> float:
+    """Kept fraction of the prunable weights, counting what trainable masks keep now
+    (before :meth:`Sparsifier.finalize` turns them into fixed masks). It never runs a
+    mask's forward, which may sample (learned masks): logging must not move the RNG."""
+    kept = total = 0
+    for layer in prunable_layers(model)[0].values():
+        n = original_weight(layer).numel()  # not layer.weight: a Gumbel mask would draw noise
+        total += n
+        trainable = _trainable_mask(layer)
+        m = get_mask(layer)
+        if m is None and trainable is None:
+            kept += n
+            continue
+        plist = layer.parametrizations.weight
+        if m is None:  # a trainable mask alone, attached by the caller (e.g. attach_learned)
+            m = trainable.keep_mask(plist.original)
+        elif trainable is not None:
+            m = trainable.keep_mask(plist[0](plist.original)) & plist[0].mask
+        kept += int(m.sum())
+    return kept / max(1, total)
+
+
+def _trainable_mask(layer: nn.Module) -> TrainableMask | None:
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    return next((p for p in layer.parametrizations.weight if isinstance(p, TrainableMask)),
+                None)

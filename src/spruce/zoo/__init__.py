@@ -80,6 +80,8 @@ def example_input(name: str, dataset: str | None = None, batch: int = 1, seed: i
     "attention_mask": ones}``, with ids drawn from the BERT vocabulary (seq_len
     defaults to the dataset's, 128 for qqp).
     """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch (--batch) must be an integer >= 1; got {batch!r}")
     ds = _resolve(name, dataset)
     g = torch.Generator().manual_seed(seed)
     if ds.modality == "image":

@@ -63,8 +63,8 @@ TARGET_DROP = 1.0  # points of top-1: "within 1% of dense"
 class Recipe:
     """How one seed trains, prunes and fine-tunes."""
 
-    epochs: int = 15  # dense training from scratch
-    finetune_epochs: int = 15  # masked fine-tune after pruning
+    epochs: int = 10  # dense training from scratch
+    finetune_epochs: int = 10  # masked fine-tune after pruning
     lr: float = 0.05  # dense peak LR (SGD + cosine to 0)
     finetune_lr: float = 0.02  # fine-tune peak LR, same schedule
     momentum: float = 0.9
@@ -280,9 +280,9 @@ def render(res: dict[str, Any]) -> str:
     p, m = r0["params"], r0["macs"]
     secs = {k: statistics.fmean(r["seconds"][k] for r in res["runs"])
             for k in r0["seconds"]}
-    groups = [g for g in r0["groups"]]
     glines = [f"| {g['group']} | {g['kind']} | {g['units']} | {g['kept']} | "
-              f"{g['reason'] or ''} |" for g in groups]
+              f"{g['reason'] or ''} |" for g in r0["groups"]]
+    notes = [f"- {n}" for n in res.get("notes", [])]
     return "\n".join([
         "# Coupled channel pruning on digits: ResNet-18 at 50% width",
         "",
@@ -322,6 +322,7 @@ def render(res: dict[str, Any]) -> str:
         "Mean seconds per phase (one thread, shared machine: a rough cost, not a "
         "benchmark): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()) + ".",
         "",
+        *(["## Notes", "", *notes, ""] if notes else []),
         "## Groups (seed " + str(r0["seed"]) + ")",
         "",
         "| group | kind | units | kept | kept whole because |\n|---|---|---:|---:|---|",
@@ -365,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--digits-npz", help="read the digits from this .npz (no scikit-learn)")
     p.add_argument("--output", type=Path, help="directory for results.json")
     p.add_argument("--render", type=Path, help="directory for README.md")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the README's notes (what else was tried); repeatable")
     p.add_argument("--only-render", action="store_true",
                    help="no training: render --render/README.md from --render/results.json")
     a = p.parse_args(argv)
@@ -372,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.render is None:
             raise SpruceError("digits_accuracy: --only-render needs --render DIR holding a "
                               "results.json")
-        res = json.loads((a.render / "results.json").read_text())
+        path = a.render / "results.json"
+        res = json.loads(path.read_text())
+        if a.note:  # notes added after the run are kept with its numbers
+            res["notes"] = res.get("notes", []) + a.note
+            path.write_text(json.dumps(res, indent=1) + "\n")
         (a.render / "README.md").write_text(render(res))
         return 0
     torch.set_num_threads(a.threads)
@@ -401,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
            "data": f"spruce digits split: {len(d.train)} train / {len(d.test)} held-out, "
                    f"{recipe.image_size}x{recipe.image_size}x1",
            "run": {"threads": a.threads, "jobs": a.jobs},
-           "runs": runs, "summary": summary(runs)}
+           "notes": a.note, "runs": runs, "summary": summary(runs)}
     if a.output:
         a.output.mkdir(parents=True, exist_ok=True)
         (a.output / "results.json").write_text(json.dumps(res, indent=1) + "\n")

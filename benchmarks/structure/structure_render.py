@@ -14,8 +14,8 @@ from typing import Any
 PROGRAM = "benchmarks/structure/bench_structure.py"
 
 HEADER = ("model", "variant", "dense eager ms", "dense graph ms", "dense compile+graph ms",
-          "compacted ms", "vs best dense", "floor ms", "vs floor", "FLOP ratio",
-          "max rel err")
+          "compacted ms", "vs best dense", "fastest vs fastest", "floor ms", "vs floor",
+          "FLOP ratio", "max rel err")
 
 
 def merge(old: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +82,15 @@ def _compiled(row: dict[str, Any], key: str) -> str:
         row.get("compiled_mode") == "compile" else text
 
 
+def fastest_ratio(row: dict[str, Any]) -> float | None:
+    """The compacted model's fastest path (eager or compiled + graph) over the fastest dense
+    path: what a user who picks the best way to run each model sees."""
+    paths = [row.get(k) for k in ("compacted_eager_ms", "compacted_compiled_ms")]
+    paths = [v for v in paths if isinstance(v, (int, float)) and math.isfinite(v)]
+    best = row.get("best_dense_ms")
+    return min(paths) / best if paths and best else None
+
+
 def table_row(row: dict[str, Any]) -> list[str]:
     """The cells of one row; a row with a degenerate reference is flagged, not reported."""
     head = [row["model"], row["variant"]]
@@ -92,7 +101,8 @@ def table_row(row: dict[str, Any]) -> list[str]:
         ratio += f" (eager {_x(row['ratio_eager'])})"
     err = row.get("max_rel_err")
     return head + [_ms(row.get("dense_eager_ms")), _ms(row.get("dense_graph_ms")),
-                   _compiled(row, "dense_compiled_ms"), _compacted(row), ratio, _floor(row),
+                   _compiled(row, "dense_compiled_ms"), _compacted(row), ratio,
+                   _x(fastest_ratio(row)), _floor(row),
                    _x(row.get("ratio_floor")),
                    f"{row['flop_ratio']:.3f}" if row.get("flop_ratio") is not None else "—",
                    f"{err:.1e}" if isinstance(err, (int, float)) else "—"]
@@ -104,4 +114,12 @@ def render(results: dict[str, Any]) -> str:
     for run in results.get("runs", []):
         for row in run["rows"]:
             lines.append("| " + " | ".join(table_row(row)) + " |")
+    lines += ["", "Runs (ratios are against the fastest dense path of the same run):", ""]
+    for i, run in enumerate(results.get("runs", []), 1):
+        env = run.get("env", {})
+        models = ", ".join(f"{r['model']} {r['variant']}" for r in run["rows"])
+        lines.append(f"{i}. {models}: {env.get('device_name', env.get('device', '?'))}, "
+                     f"{env.get('dtype', '?')}, torch {env.get('torch', '?')}, triton "
+                     f"{env.get('triton', '?')}, transformers {env.get('transformers', '?')}, "
+                     f"{env.get('date', '?')}; `{run.get('command', '?')}`")
     return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ from .fileformat import (
     read_stored,
 )
 from .masks import attach_shared, mask_info, masked_layers
-from .view import prunable_layers
+from .view import find_layers
 
 MASK_SUFFIX = ".parametrizations.weight.0.mask"
 ORIG_SUFFIX = ".parametrizations.weight.original"
@@ -122,7 +122,9 @@ def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None
 def mask_targets(stored: Stored, model: nn.Module, infos: dict[str, Any]
                  ) -> dict[str, nn.Module]:
     """The layers the file's masks go on: each must exist and be prunable."""
-    prunable = prunable_layers(model)[0]
+    found = find_layers(model)  # a layer may have two names, a weight two layers
+    prunable = {id(m) for name, m in found.layers.items()} | \
+        {id(f) for fs in found.followers.values() for f in fs}
     targets = {}
     for name in infos:
         try:
@@ -131,7 +133,7 @@ def mask_targets(stored: Stored, model: nn.Module, infos: dict[str, Any]
             raise SpruceError("the file has a mask for this layer, which the model does not "
                               "have; load it into the model it was saved from",
                               path=stored.path, layer=name) from None
-        if name not in prunable:
+        if id(layer) not in prunable:
             raise SpruceError(f"the file puts a mask on a {type(layer).__name__}, which is "
                               "not a prunable layer; the file is damaged or belongs to "
                               "another model", path=stored.path, layer=name)

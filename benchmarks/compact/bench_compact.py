@@ -79,7 +79,7 @@ def case_rows(name, ds, batch, kwargs, with_cl):
     spruce.prune(model, "group", 0.5, exclude=["classifier", "fc"], **kwargs)
     small = spruce.compact(model, x, fold_bn=True)
     rep = small.spruce_compaction
-    print(f"{label} {pat}: compacted {len(rep.compacted)} of {len(rep.rows)} layers, "
+    print(f"{label} {pat}: compacted {len(rep.compacted)} of {len(rep.rows)} coupled groups, "
           f"params {rep.params_before} -> {rep.params_after}", flush=True)
     rows = []
     for cl in (False, True) if with_cl else (False,):

@@ -12,15 +12,17 @@ Variants (``VARIANTS``) are the pruning calls compared: ``coupled`` prunes every
 channel group (residual streams of CNNs included); ``inner`` keeps residual streams whole
 (``coupled={"stream": False}``). LayerNorm/RMSNorm streams are never pruned, so the
 transformer cases run ``coupled`` only.
+
+The set-up every model goes through is here too: a seeded build on the device, BatchNorm
+calibration, the timed (fp16, channels-last) copies and the rotating inputs.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import copy
 
 import torch
 from torch import nn

@@ -178,11 +178,13 @@ def test_render_is_one_table_with_flags_failures_and_floor_source():
     flagged = _row("vit", "coupled", degenerate="dense reference: the output is tiny")
     crashed = _row("llama", "coupled", errors={"case": "OutOfMemoryError: ..."})
     text = render({"runs": [{"rows": [ok]}, {"rows": [failed, flagged, crashed]}]})
-    lines = text.strip().splitlines()
+    table, _, runs = text.strip().partition("\n\nRuns")
+    lines = table.splitlines()
     assert lines[0] == "| " + " | ".join(HEADER) + " |" and len(lines) == 6
     assert lines[2] == ("| r18 | coupled | 4.000 | 2.500 | 2.000 | 1.500 (eager 3.000) | "
-                        "0.75× (eager 0.75×) | 1.200 (compacted shapes) | 1.25× | 0.260 | "
-                        "1.5e-03 |")
+                        "0.75× (eager 0.75×) | 0.75× | 1.200 (compacted shapes) | 1.25× | "
+                        "0.260 | 1.5e-03 |")
+    assert "1. r18 coupled: " in runs and "2. bert coupled, vit coupled, llama coupled" in runs
     assert "| failed (prune) |" in lines[3] and "| failed (floor) |" not in lines[3]
     assert lines[5].count("failed (case)") == 2          # the compacted and floor cells
     assert lines[4].startswith("| vit | coupled | flagged: dense reference: the output is tiny")

@@ -20,7 +20,7 @@ def scores_for(shape, seed=0):
 
 
 def test_registry_names():
-    assert names() == ["block", "channel", "element", "group", "vector"]
+    assert names() == ["block", "channel", "element", "group", "structured", "vector"]
 
 
 @SETTINGS
@@ -122,7 +122,7 @@ def test_group_score_reductions():
 
 
 @pytest.mark.parametrize("bad,match", [
-    (lambda: get_pattern("diagonal"), "valid: block, channel, element, group, vector"),
+    (lambda: get_pattern("diagonal"), "valid: block, channel, element, group, structured, vector"),
     (lambda: get_pattern("5:4"), "N <= M"),
     (lambda: get_pattern("vector", n=2, m=0), "N <= M"),
     (lambda: get_pattern("x:4"), "cannot read N:M"),

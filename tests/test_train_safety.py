@@ -97,7 +97,7 @@ CORRUPTIONS = {  # name: (damage, what the error must say)
     "history not a list": (_set("history", {"a": 1}), r"field 'history' must be a list"),
     "not json": (lambda f: (ckpt.latest(f) / "state.json").write_text("{step: 4"),
                  r"unreadable checkpoint state"),
-    "nan weights": (_nan_weights, r"holds NaN or inf"),
+    "nan weights": (_nan_weights, r"holds (NaN or inf|\d+ NaN/inf values)"),
 }
 
 

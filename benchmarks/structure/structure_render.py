@@ -114,6 +114,14 @@ def render(results: dict[str, Any]) -> str:
     for run in results.get("runs", []):
         for row in run["rows"]:
             lines.append("| " + " | ".join(table_row(row)) + " |")
+    splits = {f"{r['model']}/{r['variant']} {path}": split
+              for run in results.get("runs", []) for r in run["rows"]
+              for path, split in (r.get("profile") or {}).items()}
+    if splits:
+        from structure_profile import render_split
+
+        lines += ["", "Kernel time per call (ms) by class, from the profiler:", "",
+                  render_split(splits)]
     lines += ["", "Runs (ratios are against the fastest dense path of the same run):", ""]
     for i, run in enumerate(results.get("runs", []), 1):
         env = run.get("env", {})

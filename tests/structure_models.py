@@ -5,6 +5,18 @@ import torch
 from torch import nn
 
 
+def randomize_norms(model: nn.Module) -> None:
+    """BatchNorm statistics and affine parameters far from the identity (so a wrong channel
+    shows in the outputs)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2: 1×1 expand → depthwise 3×3 → 1×1 project (+ residual at stride 1),
     with an optional squeeze-excitation (MobileNetV3)."""

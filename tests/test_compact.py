@@ -12,18 +12,9 @@ from spruce.compact import compact, load_compacted, save_compacted
 from spruce.compact.core import run
 from spruce.masks import attach, get_mask
 from spruce.structure import ops
+from tests.structure_models import randomize_norms
 
 TAPS = {"patterns": [{"name": "group", "reduce": "sumsq"}]}
-
-
-def randomize_norms(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
 
 
 def group(model, layer: str):

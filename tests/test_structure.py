@@ -10,20 +10,9 @@ from spruce.compact.core import relative_error, run
 from spruce.masks import get_mask, masked_layers
 from spruce.structure.graph import build
 from spruce.structure.groups import coupled_groups
-from tests.structure_models import ConvNeXt, MobileNet
+from tests.structure_models import ConvNeXt, MobileNet, randomize_norms
 
 transformers = pytest.importorskip("transformers")
-
-
-def randomize_norms(model: nn.Module) -> None:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
 
 
 def roundtrip(model: nn.Module, x, density: float = 0.5, **kw) -> nn.Module:
@@ -57,6 +46,7 @@ SMALL = torch.randn(1, 3, 16, 16)  # the CIFAR zoo models take any size
 @pytest.mark.parametrize("name", ["vgg16", "resnet18", "resnet50", "shufflenet_v2", "vit"])
 def test_zoo_image_models(name):
     model = spruce.zoo.build(name, "cifar10", seed=0)
+    torch.manual_seed(1)
     randomize_norms(model)
     roundtrip(model, IMG if name in ("vit", "vgg16") else SMALL)
 

@@ -4,7 +4,11 @@ The input model is left untouched; the result is a deep copy in inference mode. 
 backend cannot serve for a structural reason stay dense and are listed with the reason;
 asking a backend for a pattern or dtype it does not serve is an error naming the layer.
 With ``verify=True`` each converted layer is compared with the dense masked reference on
-random inputs (shapes taken from ``example_input`` when given).
+random inputs (shapes taken from ``example_input`` when given), and, given
+``example_input``, the whole converted model with the pruned one (``wholemodel``): layers
+that make it fail go back to dense with the reason.
+
+``example_input`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..masks import get_mask, mask_info, masked_layers, set_submodule, unparametrized
+from ..masks import get_mask, mask_info, masked_layers, unparametrized
 from ..view import prunable_layers
 from .base import Backend, channels_last, dtype_name, get_backend, names
 from .dense import Dense
+from .wholemodel import aliases, bypass_reason, check_whole_model, run, swap, tensors_of
 
 
 @dataclass
@@ -70,12 +75,16 @@ def _pattern_names(layer: nn.Module) -> list[str]:
 
 
 def cast_input(example: Any, dtype: torch.dtype, device: torch.device) -> Any:
-    """Floating tensors of an example input (a tensor or a dict) in ``dtype`` on ``device``."""
-    def one(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
-        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-    return {k: one(v) for k, v in example.items()} if isinstance(example, dict) else one(example)
+    """Floating tensors of an example input (a tensor, a tuple/list of positional inputs or
+    a dict of keyword inputs, nested) in ``dtype`` on ``device``."""
+    if isinstance(example, dict):
+        return {k: cast_input(v, dtype, device) for k, v in example.items()}
+    if isinstance(example, (tuple, list)):
+        return type(example)(cast_input(v, dtype, device) for v in example)
+    if not isinstance(example, torch.Tensor):
+        return example
+    return example.to(device=device, dtype=dtype) if example.is_floating_point() \
+        else example.to(device)
 
 
 def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
@@ -91,8 +100,7 @@ def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
 
     hooks = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names_]
     try:
-        with torch.no_grad():
-            model(**example_input) if isinstance(example_input, dict) else model(example_input)
+        run(model, example_input)
     finally:
         for h in hooks:
             h.remove()
@@ -189,21 +197,50 @@ def build_module(b: type[Backend], t: Target, options: dict[str, Any]) -> nn.Mod
 
 def finish(new: nn.Module, targets: list[Target], modules: dict[str, nn.Module],
            rows: dict[str, LayerConversion], report: ConversionReport, dtype: torch.dtype,
-           device: torch.device, verify: bool) -> nn.Module:
-    """Verify each built module against its dense masked layer, swap it in, attach the
-    report."""
+           device: torch.device, verify: bool, example_input: Any = None) -> nn.Module:
+    """Verify each built module against its dense masked layer, swap it in (under every
+    name of the layer), check the whole model on ``example_input`` (when given and
+    ``verify``), attach the report."""
+    example = cast_input(example_input, dtype, device) if example_input is not None else None
+    ref = tensors_of(run(new.eval(), example)) if example is not None and verify and targets \
+        else None
+    alias = aliases(new)
     for t in targets:
         row = rows[t.name]
         if verify:
             row.rel_error = verify_layer(t.name, row.backend, modules[t.name],
                                          Dense.from_masked(t.layer, t.mask), t.input_shape,
                                          dtype, device)
-        set_submodule(new, t.name, modules[t.name])
+        swap(new, t.name, modules[t.name], alias)
         report.rows.append(row)
+    if ref is not None:
+        send_back(new, targets, modules, rows, example, ref, dtype)
     new.eval()
     new.requires_grad_(False)
     new.spruce_report = report
     return new
+
+
+def send_back(new: nn.Module, targets: list[Target], modules: dict[str, nn.Module],
+              rows: dict[str, LayerConversion], example: Any, ref: list[torch.Tensor],
+              dtype: torch.dtype) -> None:
+    """Whole-model check: converted layers that make ``new`` fail or differ from the pruned
+    model's outputs ``ref`` become dense (``modules``/``rows`` updated, reason given)."""
+    fast = {t.name: modules[t.name] for t in targets if rows[t.name].backend != Dense.name}
+    dense = {t.name: Dense.from_masked(t.layer, t.mask) for t in targets if t.name in fast}
+    for name, why in check_whole_model(new, example, ref, fast, dense, dtype).items():
+        rows[name].backend, rows[name].rel_error = Dense.name, None
+        rows[name].reason = f"whole-model check on example_input: {why}"
+        modules[name] = dense[name]
+
+
+def layer_reason(b: type[Backend], model: nn.Module, t: Target, dtype: torch.dtype,
+                 device: torch.device, options: dict[str, Any]) -> str | None:
+    """Why ``b`` cannot serve ``t`` inside ``model`` (the layer itself, or its parent)."""
+    if b is Dense:
+        return None
+    return bypass_reason(model, t.name) or b.reason(t.layer, t.mask, dtype, device,
+                                                    **_accepted(b.reason, options))
 
 
 def convert(model: nn.Module, backend: str | type[Backend] = "dense",
@@ -224,11 +261,11 @@ def convert(model: nn.Module, backend: str | type[Backend] = "dense",
     rows: dict[str, LayerConversion] = {}
     for t in targets:  # decide everything before changing anything
         check_serves(b, t, dtype, device)
-        reason = b.reason(t.layer, t.mask, dtype, device, **_accepted(b.reason, options))
+        reason = layer_reason(b, new, t, dtype, device, options)
         rows[t.name] = LayerConversion(t.name, type(t.layer).__name__,
                                        "+".join(t.patterns) or "-",
                                        Dense.name if reason else b.name, reason)
     modules = {t.name: build_module(get_backend(rows[t.name].backend), t, options)
                for t in targets}
     report = ConversionReport(b.name, dtype_name(dtype), str(device))
-    return finish(new, targets, modules, rows, report, dtype, device, verify)
+    return finish(new, targets, modules, rows, report, dtype, device, verify, example_input)

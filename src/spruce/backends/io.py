@@ -20,8 +20,8 @@ from torch import nn
 
 from .. import __version__
 from ..io import atomic_save
-from ..masks import set_submodule
 from .base import dtype_name, get_backend, names
+from .wholemodel import aliases, drop_aliases, fill_aliases, swap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -50,21 +50,26 @@ def save_converted(model: nn.Module, path: str | os.PathLike,
               "dtype": dtype_name(floats[0].dtype) if floats else "fp32",
               "layers": {n: m.config() for n, m in converted_modules(model).items()},
               "report": report.to_dict() if report is not None else None, **(extra or {})}
-    return atomic_save(model.state_dict(), path, header)
+    alias = aliases(model)
+    if alias:  # a layer registered under several names is saved once
+        header["aliases"] = alias
+    return atomic_save(drop_aliases(model.state_dict(), alias), path, header)
 
 
 def load_converted(path: Path, model: nn.Module, header: dict[str, Any]) -> nn.Module:
     work = copy.deepcopy(model)
+    alias = aliases(work)
     for name, cfg in header["layers"].items():
         try:
             work.get_submodule(name)
         except AttributeError:
             raise ValueError(f"{path}: converted layer '{name}' does not exist in the model; "
                              "pass the architecture the file was converted from") from None
-        set_submodule(work, name, get_backend(cfg["backend"]).empty(cfg))
+        swap(work, name, get_backend(cfg["backend"]).empty(cfg), alias)
     dtype = DTYPES.get(header.get("dtype", "fp32"), torch.float32)
     work = work.to(dtype)
     tensors = load_file(str(path))
+    fill_aliases(tensors, header.get("aliases", {}))
     try:
         work.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

@@ -144,3 +144,18 @@ def check_whole_model(model: nn.Module, example: Any, ref: list[torch.Tensor],
     for n in fast:
         swap(model, n, fast[n] if n in kept else dense[n], alias)
     return found
+
+
+def drop_aliases(state: dict[str, torch.Tensor], alias: dict[str, list[str]]
+                 ) -> dict[str, torch.Tensor]:
+    """``state`` without the entries of a layer's other names (a shared layer saved once)."""
+    others = tuple(f"{o}." for names in alias.values() for o in names)
+    return {k: v for k, v in state.items() if not k.startswith(others)} if others else state
+
+
+def fill_aliases(state: dict[str, torch.Tensor], alias: dict[str, list[str]]) -> None:
+    """Give a shared layer's other names the entries saved under its first name."""
+    for first, others in alias.items():
+        for k in [k for k in state if k.startswith(first + ".")]:
+            for o in others:
+                state.setdefault(o + k[len(first):], state[k])

@@ -11,6 +11,8 @@ from ..api import load
 from ..compact import CompactionReport, compact, save_compacted
 from ..io import read_header
 from .common import console, fail, fmt_count, load_model
+from .example_input import HELP as EXAMPLE_HELP
+from .example_input import load_example_input
 
 
 def report_table(report: CompactionReport, title: str) -> Table:
@@ -58,6 +60,8 @@ def compact_cmd(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check outputs are unchanged"),
     exclude: list[str] = typer.Option([], "--exclude", "-x", help="consumer-name glob to skip"),
     output: Path = typer.Option(None, "--output", "-o", help="write the compacted model"),
+    example_input: str = typer.Option(None, "--example-input", "-e",
+                                      help=EXAMPLE_HELP + " (default: the zoo's, or a guess)"),
 ) -> None:
     """Shrink each group-pruned layer and its producer by the input channels it never reads."""
     try:
@@ -67,11 +71,15 @@ def compact_cmd(
             fail(f"{pruned} does not name its model; pass --model")
         dataset = dataset or header.get("dataset")
         net = load(pruned, load_model(name, dataset))
-        small = compact(net, _example_input(name, dataset), verify=verify, fold_bn=fold_bn,
-                        exclude=exclude)
+        x = load_example_input(example_input) if example_input is not None \
+            else _example_input(name, dataset)
+        small = compact(net, x, verify=verify, fold_bn=fold_bn, exclude=exclude)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     report = small.spruce_compaction
+    if report.error:  # nothing was compacted: say why, write nothing
+        fail(f"{name}: {report.error}" + ("" if example_input else
+                                          "; pass the model's input with --example-input"))
     console.print(report_table(report, f"{name}: producer-side compaction"))
     print_summary(report)
     if output:

@@ -276,7 +276,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
 
 def _assemble(new, targets, modules, result: Plan, dtype, device, verify,
               example_input: Any = None) -> nn.Module:
-    rows = {t.name: LayerConversion(t.name, type(t.layer).__name__,
+    rows = {t.name: LayerConversion(t.name, t.kind,
                                     "+".join(t.patterns) or "-",
                                     result.layers[t.name].choice) for t in targets}
     report = ConversionReport("auto", dtype_name(dtype), str(device))

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..masks import get_mask, mask_info, masked_layers, unparametrized
+from ..masks import get_mask, mask_info, mask_module, masked_layers, unparametrized
 from ..view import prunable_layers
+from .adapt import Adapter, adapter_for
 from .base import Backend, channels_last, dtype_name, get_backend, names
 from .dense import Dense
 from .wholemodel import aliases, bypass_reason, check_whole_model, run, swap, tensors_of
@@ -107,9 +108,12 @@ def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
     return shapes
 
 
-def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device) -> torch.Tensor:
+def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device,
+                 adapter: Adapter | None = None) -> torch.Tensor:
     if shape is not None:
         shape = (min(shape[0], 4), *shape[1:])
+    elif adapter is not None:
+        shape = adapter.probe_shape(layer)
     elif isinstance(layer, nn.Conv2d):
         k = max(d * (s - 1) + 1 for d, s in zip(layer.dilation, layer.kernel_size, strict=False))
         side = k + 2 * max(layer.stride) + 3
@@ -120,9 +124,10 @@ def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device) -> t
 
 
 def verify_layer(name: str, backend: str, module: nn.Module, reference: nn.Module,
-                 shape: torch.Size | None, dtype: torch.dtype, device: torch.device) -> float:
+                 shape: torch.Size | None, dtype: torch.dtype, device: torch.device,
+                 adapter: Adapter | None = None) -> float:
     """Relative error of ``module`` against ``reference`` (dense masked, run in float64)."""
-    x = _probe_input(reference, shape, dtype, device)
+    x = _probe_input(reference, shape, dtype, device, adapter)
     with torch.no_grad():
         out = module(x).double()
         ref = copy.deepcopy(reference).double()(x.double())
@@ -152,6 +157,26 @@ class Target:
     patterns: list[str]
     input_shape: torch.Size | None  # from example_input, when given
     channels_last: bool = False  # the example input reached the layer in channels-last
+    # a layer served through an equivalent Linear/Conv2d (``adapt``): then ``layer``/``mask``
+    # are the equivalent's, ``original``/``original_mask`` the layer's own (weight-shaped)
+    adapter: Adapter | None = None
+    original: nn.Module | None = None
+    original_mask: torch.Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        return type(self.original if self.original is not None else self.layer).__name__
+
+
+def adapted(t: Target) -> Target:
+    """``t`` with its layer replaced by the equivalent Linear/Conv2d, when it has one."""
+    adapter = adapter_for(t.layer)
+    if adapter is None:
+        return t
+    raw = None if t.mask is None else t.original_mask
+    layer, mask = adapter.equivalent(t.layer, raw)
+    return Target(t.name, layer, mask, t.patterns, t.input_shape, t.channels_last, adapter,
+                  t.layer, raw)
 
 
 def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
@@ -173,9 +198,12 @@ def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
     targets = []
     for name, layer in layers.items():
         mask = get_mask(layer)
-        targets.append(Target(name, unparametrized(layer),
-                              None if mask is None else mask.detach().cpu(),
-                              _pattern_names(layer), *shapes.get(name, (None, False))))
+        raw = mask_module(layer)
+        targets.append(adapted(Target(name, unparametrized(layer),
+                                      None if mask is None else mask.detach().cpu(),
+                                      _pattern_names(layer), *shapes.get(name, (None, False)),
+                                      original_mask=None if raw is None
+                                      else raw.mask.detach().cpu())))
     return new, device, dtype, targets
 
 
@@ -192,7 +220,12 @@ def check_serves(b: type[Backend], t: Target, dtype: torch.dtype, device: torch.
 
 
 def build_module(b: type[Backend], t: Target, options: dict[str, Any]) -> nn.Module:
-    return b.from_masked(t.layer, t.mask, **_accepted(b.from_masked, options))
+    """``b``'s module for ``t``; an adapted layer's is wrapped to take the original input
+    (dense: the original layer type, masked)."""
+    if t.adapter is not None and b is Dense:
+        return Dense.from_masked(t.original, t.original_mask)
+    module = b.from_masked(t.layer, t.mask, **_accepted(b.from_masked, options))
+    return module if t.adapter is None else t.adapter.wrap(module)
 
 
 def finish(new: nn.Module, targets: list[Target], modules: dict[str, nn.Module],
@@ -209,8 +242,8 @@ def finish(new: nn.Module, targets: list[Target], modules: dict[str, nn.Module],
         row = rows[t.name]
         if verify:
             row.rel_error = verify_layer(t.name, row.backend, modules[t.name],
-                                         Dense.from_masked(t.layer, t.mask), t.input_shape,
-                                         dtype, device)
+                                         build_module(Dense, t, {}), t.input_shape,
+                                         dtype, device, t.adapter)
         swap(new, t.name, modules[t.name], alias)
         report.rows.append(row)
     if ref is not None:
@@ -227,7 +260,7 @@ def send_back(new: nn.Module, targets: list[Target], modules: dict[str, nn.Modul
     """Whole-model check: converted layers that make ``new`` fail or differ from the pruned
     model's outputs ``ref`` become dense (``modules``/``rows`` updated, reason given)."""
     fast = {t.name: modules[t.name] for t in targets if rows[t.name].backend != Dense.name}
-    dense = {t.name: Dense.from_masked(t.layer, t.mask) for t in targets if t.name in fast}
+    dense = {t.name: build_module(Dense, t, {}) for t in targets if t.name in fast}
     for name, why in check_whole_model(new, example, ref, fast, dense, dtype).items():
         rows[name].backend, rows[name].rel_error = Dense.name, None
         rows[name].reason = f"whole-model check on example_input: {why}"
@@ -262,7 +295,7 @@ def convert(model: nn.Module, backend: str | type[Backend] = "dense",
     for t in targets:  # decide everything before changing anything
         check_serves(b, t, dtype, device)
         reason = layer_reason(b, new, t, dtype, device, options)
-        rows[t.name] = LayerConversion(t.name, type(t.layer).__name__,
+        rows[t.name] = LayerConversion(t.name, t.kind,
                                        "+".join(t.patterns) or "-",
                                        Dense.name if reason else b.name, reason)
     modules = {t.name: build_module(get_backend(rows[t.name].backend), t, options)

@@ -20,7 +20,8 @@ from torch import nn
 
 from .. import __version__
 from ..io import atomic_save
-from .base import dtype_name, get_backend, names
+from .adapt import empty_module
+from .base import dtype_name, names
 from .wholemodel import aliases, drop_aliases, fill_aliases, swap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -31,7 +32,8 @@ def converted_modules(model: nn.Module) -> dict[str, nn.Module]:
     found = {}
     for name, mod in model.named_modules():
         cfg = getattr(mod, "config", None)
-        if callable(cfg) and isinstance(mod, nn.Module) and name:
+        if callable(cfg) and isinstance(mod, nn.Module) and name \
+                and not any(name.startswith(f + ".") for f in found):  # not inside another
             c = cfg()
             if isinstance(c, dict) and c.get("backend") in names():
                 found[name] = mod
@@ -65,7 +67,7 @@ def load_converted(path: Path, model: nn.Module, header: dict[str, Any]) -> nn.M
         except AttributeError:
             raise ValueError(f"{path}: converted layer '{name}' does not exist in the model; "
                              "pass the architecture the file was converted from") from None
-        swap(work, name, get_backend(cfg["backend"]).empty(cfg), alias)
+        swap(work, name, empty_module(cfg), alias)
     dtype = DTYPES.get(header.get("dtype", "fp32"), torch.float32)
     work = work.to(dtype)
     tensors = load_file(str(path))

@@ -226,6 +226,8 @@ def check_build(backend: type[Backend], layer: nn.Module, mask: torch.Tensor | N
 class Csr(Backend):
     """Any mask as CSR; CPU fp32, CUDA fp32/fp16/bf16 (see the module docstring)."""
 
+    not_exportable = "torch's sparse CSR tensors do not trace"
+
     @classmethod
     def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:
         return DTYPES_BY_DEVICE.get(device_type, ())

@@ -89,6 +89,7 @@ class FusedGroupwiseConv2d(nn.Module):
 class GroupwiseFused(Backend):
     patterns = ("group",)
     devices = ("cuda",)
+    not_exportable = "its Triton kernels have no ONNX form"
 
     @classmethod
     def unavailable(cls) -> str | None:

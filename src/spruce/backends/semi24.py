@@ -115,6 +115,7 @@ class Semi24(Backend):
     """2:4 masks on sparse tensor cores: CUDA sm80+, fp16/bf16 (see the module docstring)."""
 
     patterns = ("vector",)
+    not_exportable = "semi-structured (2:4) sparse tensors have no ONNX form"
     dtypes = (torch.float16, torch.bfloat16)
     devices = ("cuda",)
 

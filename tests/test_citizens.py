@@ -144,16 +144,6 @@ def test_converted_modules_expose_the_replaced_layers_attributes(backend, patter
 
 
 def test_a_parent_that_breaks_on_a_converted_child_gets_it_back_dense():
-    class Picky(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc, self.other = nn.Linear(16, 16), nn.Linear(16, 16)
-
-        def forward(self, x):
-            if not isinstance(self.fc, nn.Linear):
-                raise TypeError("fc must be an nn.Linear")
-            return self.other(self.fc(x))
-
     model = Picky().eval()
     spruce.prune(model, "group", 0.5)
     x = torch.randn(3, 16)
@@ -282,3 +272,55 @@ def test_weight_cache_is_not_saved_or_copied(tmp_path):
     assert torch.equal(clone[0].weight, w)
     assert torch.equal(w, model[0].weight.detach())
     assert get_mask(model[0]) is not None
+
+
+class Picky(nn.Module):
+    """Breaks unless ``fc`` is an nn.Linear: a parent the layer check cannot see."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.other = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        if not isinstance(self.fc, nn.Linear):
+            raise TypeError("fc must be an nn.Linear")
+        return self.other(self.fc(x))
+
+
+def test_auto_sends_back_what_breaks_the_model_and_keeps_the_reason(monkeypatch):
+    import spruce.auto as auto
+
+    monkeypatch.setattr(auto, "pick", lambda times, margin: max(times, key=lambda n: n != "dense"))
+    model = Picky().eval()
+    spruce.prune(model, "group", 0.5)
+    x = torch.randn(4, 16)
+    fast = convert(model, "auto", x)
+    rows = {r.name: r for r in fast.spruce_report.rows}
+    assert rows["fc"].backend == "dense" and "fc must be an nn.Linear" in rows["fc"].reason
+    assert fast.spruce_plan.layers["fc"].choice == "dense"
+    assert fast.spruce_plan.layers["fc"].reverted
+    torch.testing.assert_close(fast(x), model(x))
+
+
+def test_auto_goes_back_to_dense_when_timing_the_whole_model_fails(monkeypatch):
+    import spruce.auto as auto
+
+    monkeypatch.setattr(auto, "pick", lambda times, margin: max(times, key=lambda n: n != "dense"))
+    real, calls = auto._time, []
+
+    def flaky(fn, example, dtype, device, timing, probe=False, inputs=None):
+        if not isinstance(example, tuple):  # whole-model timing: dense first, then auto
+            calls.append(fn)
+            if len(calls) == 2:
+                raise RuntimeError("out of memory")
+        return real(fn, example, dtype, device, timing, probe, inputs)
+
+    monkeypatch.setattr(auto, "_time", flaky)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    spruce.prune(model, "group", 0.5)
+    x = torch.randn(4, 16)
+    fast = convert(model, "auto", x)
+    assert len(calls) == 2
+    for r in fast.spruce_report.rows:
+        assert r.backend == "dense" and "timing the whole model failed" in r.reason
+    torch.testing.assert_close(fast(x), model(x))

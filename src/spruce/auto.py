@@ -48,6 +48,7 @@ from .bench.timing import make_inputs, rotation_size, time_fn
 from .io import atomic_write_text
 
 PLAN_FORMAT = "spruce-plan/1"
+WHOLE = "whole model"  # LayerChoice.errors key: why the whole-model check sent it back
 
 
 @dataclass(frozen=True)
@@ -276,9 +277,11 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
 
 def _assemble(new, targets, modules, result: Plan, dtype, device, verify,
               example_input: Any = None) -> nn.Module:
-    rows = {t.name: LayerConversion(t.name, t.kind,
-                                    "+".join(t.patterns) or "-",
-                                    result.layers[t.name].choice) for t in targets}
+    rows = {t.name: LayerConversion(t.name, t.kind, "+".join(t.patterns) or "-",
+                                    result.layers[t.name].choice,
+                                    result.layers[t.name].errors.get(WHOLE)
+                                    if result.layers[t.name].choice == "dense" else None)
+            for t in targets}
     report = ConversionReport("auto", dtype_name(dtype), str(device))
     return finish(new, targets, modules, rows, report, dtype, device, verify, example_input)
 
@@ -289,7 +292,7 @@ def _sync_sent_back(fast: nn.Module, result: Plan, targets, modules, options) ->
     for row in fast.spruce_report.rows:
         c = result.layers[row.name]
         if row.reason is not None and c.choice != "dense":
-            c.errors[c.choice] = row.reason
+            c.errors[WHOLE] = f"{c.choice}: {row.reason}"
             c.choice, c.reverted = "dense", True
             modules[row.name] = build_module(Dense, by_name[row.name], options)
 
@@ -344,7 +347,16 @@ def _check_model(model, fast, targets, modules, result: Plan, dtype, device, ver
     inputs = example_batches(example_input, dtype, device)
     result.model_ms["dense"] = _time(dense_model, example_input, dtype, device, timing,
                                      inputs=inputs)
-    result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing, inputs=inputs)
+    try:
+        result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing,
+                                        inputs=inputs)
+    except Exception as e:  # never hand back a model that failed: everything dense
+        for c in result.layers.values():
+            if c.choice != "dense":
+                c.errors[WHOLE] = f"{c.choice}: timing the whole model failed with " \
+                                  f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                c.reverted, c.choice = True, "dense"
+        return rebuild(check=verify)
     sparse = [c for c in result.layers.values() if c.choice != "dense"]
     sparse.sort(key=lambda c: c.times_ms["dense"] - c.times_ms[c.choice])  # least gain first
     reverted = False

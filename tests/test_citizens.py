@@ -324,3 +324,30 @@ def test_auto_goes_back_to_dense_when_timing_the_whole_model_fails(monkeypatch):
     for r in fast.spruce_report.rows:
         assert r.backend == "dense" and "timing the whole model failed" in r.reason
     torch.testing.assert_close(fast(x), model(x))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_cuda_backend_modules_expose_the_dense_masked_weight(kind):
+    """groupwise_fused and semi24 modules run on CUDA only, but are built (and describe
+    themselves) anywhere."""
+    pytest.importorskip("triton")
+    from spruce.backends.groupwise_fused import GroupwiseFused
+    from spruce.backends.im2col import ConvGeom
+    from spruce.backends.semi24 import Semi24Gemm
+
+    layer = nn.Linear(40, 8) if kind == "linear" else nn.Conv2d(6, 8, 3, dilation=2, padding=2)
+    model = nn.Sequential(layer)
+    spruce.prune(model, "group", 0.5)
+    mask, plain = get_mask(layer), unparametrized(layer)
+    masked = layer.weight.detach().clone()
+    fused = GroupwiseFused.from_masked(plain, mask, precision="tf32")
+    geom = None if kind == "linear" else ConvGeom.of(plain)
+    semi = Semi24Gemm(masked.reshape(8, -1), plain.bias, geom)
+    for mod in (fused, semi):
+        assert torch.equal(mod.weight, masked) and torch.equal(mod.bias, plain.bias)
+        for attr in SIZES:
+            if hasattr(plain, attr):
+                assert getattr(mod, attr) == getattr(plain, attr), (type(mod), attr)
+    clone = GroupwiseFused.empty(fused.config())
+    clone.load_state_dict(fused.state_dict())
+    assert torch.equal(clone.weight, masked)

@@ -110,8 +110,9 @@ def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
 
 def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device,
                  adapter: Adapter | None = None) -> torch.Tensor:
-    if shape is not None:
-        shape = (min(shape[0], 4), *shape[1:])
+    if shape is not None:  # fewer samples; an unbatched Conv1d input (C, L) stays whole
+        unbatched = isinstance(layer, nn.Conv1d) and len(shape) == 2
+        shape = tuple(shape) if unbatched else (min(shape[0], 4), *shape[1:])
     elif adapter is not None:
         shape = adapter.probe_shape(layer)
     elif isinstance(layer, nn.Conv2d):

@@ -233,7 +233,7 @@ def test_verify_catches_a_wrong_module(small_net, monkeypatch):
 
     def broken(cls, layer, mask, **kw):
         module = real(cls, layer, mask, **kw)
-        module.weight.mul_(1.01)
+        module.packed.mul_(1.01)
         return module
 
     monkeypatch.setattr(gw, "from_masked", classmethod(broken))

@@ -249,7 +249,7 @@ def test_semi24_unavailable_without_cuda():
 
 def test_semi24_empty_builds_on_cpu_and_refuses_to_run():
     m = Semi24.empty({"shape": [32, 64], "dtype": "fp16", "bias": True, "conv": None})
-    assert m.w is None and m.state_dict()["weight"].shape == (32, 64)
+    assert m.w is None and m.state_dict()["masked"].shape == (32, 64)
     with pytest.raises(RuntimeError, match="on CUDA in fp16/bf16 only"):
         m(torch.randn(2, 64, dtype=torch.float16))
 

@@ -184,9 +184,9 @@ def _call(fused, x, config):
     """``fused(x)`` through its kernel wrapper with an explicit config."""
     if isinstance(fused, FusedGroupwiseConv2d):
         g = fused.geom
-        return gc.groupwise_conv2d(x, fused.taps, fused.weight, fused.bias, g.kernel_size,
+        return gc.groupwise_conv2d(x, fused.taps, fused.packed, fused.bias, g.kernel_size,
                                    g.stride, g.padding, g.dilation, config=config)
-    return gl.groupwise_linear(x, fused.kept, fused.weight, fused.bias, config=config)
+    return gl.groupwise_linear(x, fused.kept, fused.packed, fused.bias, config=config)
 
 
 def bench_case(preset: str, dtype: str, kept: float, inputs: list, diag: bool) -> dict:
@@ -231,12 +231,12 @@ def bench_case(preset: str, dtype: str, kept: float, inputs: list, diag: bool) -
             row["fused_nchw_ms"] = timed(fused, inputs)
             flat = [g.transpose(1, 2).reshape(-1, g.shape[1]).contiguous() for g in xs]
             del steps, xs
-            row["ideal_flat_ms"] = timed(lambda g: F.linear(g, gw.weight), flat)   # (B·L, O)
+            row["ideal_flat_ms"] = timed(lambda g: F.linear(g, gw.packed), flat)   # (B·L, O)
             del flat
         elif diag:
-            pad = fused.weight.shape[1] - fused.kept_count
+            pad = fused.packed.shape[1] - fused.kept_count
             gpad = [F.pad(x.index_select(-1, gw.kept), (0, pad)) for x in inputs]
-            row["triton_plain_ms"] = timed(lambda g: plain_gemm(g, fused.weight), gpad)
+            row["triton_plain_ms"] = timed(lambda g: plain_gemm(g, fused.packed), gpad)
         out = fused(cl[1])                       # again, after all the timed calls
         row["rel_err_again"] = rel_err(out[sl], ref_mod(inputs[1][sl].double()))
         row["ok"] = row["ok"] and row["rel_err_again"] <= TOL[dtype]

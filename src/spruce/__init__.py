@@ -12,7 +12,8 @@ from . import zoo
 from .api import convert, load, save
 from .compact import compact
 from .masks import bake, get_mask, masked_layers
+from .onnx import export_onnx
 from .prune import PruneReport, density_of, prune
 
 __all__ = ["PruneReport", "__version__", "bake", "compact", "convert", "density_of",
-           "get_mask", "load", "masked_layers", "prune", "save", "zoo"]
+           "export_onnx", "get_mask", "load", "masked_layers", "prune", "save", "zoo"]

@@ -22,7 +22,11 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
             example_input: Any = None, verify: bool = True, cuda_graph: bool = False,
             **options: Any) -> nn.Module:
     """A new inference model: every masked layer runs on ``backend``'s module, verified
-    against the dense masked layer. ``backend="auto"`` measures every candidate per layer
+    against the dense masked layer; given ``example_input`` (a tensor, a tuple of positional
+    inputs or a dict of keyword inputs) the whole converted model is run once and compared
+    with the pruned one, and layers that make it fail or differ stay dense with the reason.
+    Converted modules expose the replaced layer's ``weight`` (dense-equivalent, read-only),
+    ``bias`` and sizes. ``backend="auto"`` measures every candidate per layer
     on ``example_input``'s shapes and keeps the fastest (``plan=PATH`` caches the choices;
     see :mod:`spruce.auto`). ``cuda_graph=True`` captures the forward on
     ``example_input`` as one CUDA graph (static shapes; see :mod:`spruce.graphs`). The

@@ -3,8 +3,11 @@
 For every masked layer, every backend that can serve its mask (dense always) is built and
 timed on this device and dtype, on the input shape the layer really sees (captured with
 hooks in one forward pass of ``example_input``); the fastest is kept, but a sparse path
-must beat dense by ``margin`` so noise never picks a slower one. Then the whole model is
-timed against its dense twin; if it is slower, the layers with the smallest measured gain
+must beat dense by ``margin`` so noise never picks a slower one. The whole converted model
+is checked against the pruned one on ``example_input`` (layers that make it fail or differ
+go back to dense, see ``backends.wholemodel``). Then it is timed against its dense twin on
+inputs built from ``example_input`` itself (its rows rotated: same dtypes, ranges and
+token ids, never invented ones); if it is slower, the layers with the smallest measured gain
 go back to dense (all of them, if need be) and are reported. A pruned model is never
 slower than dense on what was measured.
 
@@ -34,17 +37,20 @@ from .backends.convert import (
     Target,
     _accepted,
     build_module,
+    cast_input,
     finish,
     prepare,
 )
 from .backends.dense import Dense
+from .backends.wholemodel import bypass_reason
 from .bench.env import device_name
+from .bench.timing import make_inputs, rotation_size, time_fn
 from .errors import SpruceError
 from .fileformat import check_plan
-from .bench.timing import make_inputs, time_fn
 from .io import atomic_write_text
 
 PLAN_FORMAT = "spruce-plan/1"
+WHOLE = "whole model"  # LayerChoice.errors key: why the whole-model check sent it back
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,8 @@ def _time(fn, example: Any, dtype: torch.dtype, device: torch.device, timing: Au
     made, shared by the candidates of a shape); ``probe``: one warm-up and one timed call,
     enough to tell a path many times slower than dense."""
     inputs = inputs if inputs is not None else make_inputs(example, dtype=dtype, device=device)
-    call = (lambda x: fn(**x)) if isinstance(inputs[0], dict) else fn
+    call = (lambda x: fn(**x)) if isinstance(inputs[0], dict) else \
+        (lambda x: fn(*x)) if isinstance(inputs[0], tuple) else fn
     if probe:
         return time_fn(call, inputs, device=device, warmup=1, min_runs=1,
                        min_time_s=0.0).median_ms
@@ -263,8 +270,9 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
             choice = old
             _check_plan_choice(plan, t, choice, dtype, device, options)
             modules[t.name] = build_module(get_backend(choice.choice), t, options)
-        elif t.input_shape is None:
-            choice.errors["*"] = "not reached by example_input: left dense"
+        elif t.input_shape is None or bypass_reason(new, t.name):
+            choice.errors["*"] = bypass_reason(new, t.name) or \
+                "not reached by example_input: left dense"
             modules[t.name] = build_module(Dense, t, options)
         else:
             built = _measure(t, choice, dtype, device, options, timing, margin,
@@ -273,7 +281,8 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
             modules[t.name] = built[choice.choice]
             measured = True
         result.layers[t.name] = choice
-    fast = _assemble(new, targets, modules, result, dtype, device, verify)
+    fast = _assemble(new, targets, modules, result, dtype, device, verify, example_input)
+    _sync_sent_back(fast, result, targets, modules, options)
     if check_model and measured:  # a plan reused whole was checked when it was made
         fast = _check_model(model, fast, targets, modules, result, dtype, device, verify,
                             example_input, timing, options)
@@ -283,12 +292,55 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
     return fast
 
 
-def _assemble(new, targets, modules, result: Plan, dtype, device, verify) -> nn.Module:
-    rows = {t.name: LayerConversion(t.name, type(t.layer).__name__,
-                                    "+".join(t.patterns) or "-",
-                                    result.layers[t.name].choice) for t in targets}
+def _assemble(new, targets, modules, result: Plan, dtype, device, verify,
+              example_input: Any = None) -> nn.Module:
+    rows = {t.name: LayerConversion(t.name, t.kind, "+".join(t.patterns) or "-",
+                                    result.layers[t.name].choice,
+                                    result.layers[t.name].errors.get(WHOLE)
+                                    if result.layers[t.name].choice == "dense" else None)
+            for t in targets}
     report = ConversionReport("auto", dtype_name(dtype), str(device))
-    return finish(new, targets, modules, rows, report, dtype, device, verify)
+    return finish(new, targets, modules, rows, report, dtype, device, verify, example_input)
+
+
+def _sync_sent_back(fast: nn.Module, result: Plan, targets, modules, options) -> None:
+    """Layers the whole-model check sent back to dense are dense in the plan too."""
+    by_name = {t.name: t for t in targets}
+    for row in fast.spruce_report.rows:
+        c = result.layers[row.name]
+        if row.reason is not None and c.choice != "dense":
+            c.errors[WHOLE] = f"{c.choice}: {row.reason}"
+            c.choice, c.reverted = "dense", True
+            modules[row.name] = build_module(Dense, by_name[row.name], options)
+
+
+def example_batches(example: Any, dtype: torch.dtype, device: torch.device) -> list:
+    """Inputs to time a whole model on, built from ``example`` itself: copies whose rows
+    (dim 0, when every tensor shares it) are rotated, so the buffers differ while dtypes,
+    value ranges and token ids stay the user's."""
+    x = cast_input(example, dtype, device)
+    leaves = [t for t in _leaves(x) if isinstance(t, torch.Tensor)]
+    rows = {t.shape[0] for t in leaves if t.dim() > 0}
+    nbytes = sum(t.numel() * t.element_size() for t in leaves)
+    n = rotation_size(nbytes, device)
+    shift = rows.pop() if len(rows) == 1 and all(t.dim() > 0 for t in leaves) else 1
+    return [_map(x, lambda t, i=i: t.roll(i % shift, 0).clone()) for i in range(n)]
+
+
+def _leaves(x: Any) -> list:
+    if isinstance(x, dict):
+        return [v for y in x.values() for v in _leaves(y)]
+    if isinstance(x, (tuple, list)):
+        return [v for y in x for v in _leaves(y)]
+    return [x]
+
+
+def _map(x: Any, fn) -> Any:
+    if isinstance(x, dict):
+        return {k: _map(v, fn) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_map(v, fn) for v in x)
+    return fn(x) if isinstance(x, torch.Tensor) else x
 
 
 def _check_model(model, fast, targets, modules, result: Plan, dtype, device, verify,
@@ -309,10 +361,19 @@ def _check_model(model, fast, targets, modules, result: Plan, dtype, device, ver
     dense_model = rebuild(check=False)
     for n, c in result.layers.items():
         c.choice = saved[n]
-    inputs = make_inputs(example_input, dtype=dtype, device=device)
+    inputs = example_batches(example_input, dtype, device)
     result.model_ms["dense"] = _time(dense_model, example_input, dtype, device, timing,
                                      inputs=inputs)
-    result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing, inputs=inputs)
+    try:
+        result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing,
+                                        inputs=inputs)
+    except Exception as e:  # never hand back a model that failed: everything dense
+        for c in result.layers.values():
+            if c.choice != "dense":
+                c.errors[WHOLE] = f"{c.choice}: timing the whole model failed with " \
+                                  f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                c.reverted, c.choice = True, "dense"
+        return rebuild(check=verify)
     sparse = [c for c in result.layers.values() if c.choice != "dense"]
     sparse.sort(key=lambda c: c.times_ms["dense"] - c.times_ms[c.choice])  # least gain first
     reverted = False

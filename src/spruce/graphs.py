@@ -16,6 +16,9 @@ from torch.utils._pytree import tree_map
 
 
 def _same_layout(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(
+            _same_layout(u, v) for u, v in zip(a, b, strict=True))
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(
             _same_layout(a[k], b[k]) for k in a)
@@ -48,8 +51,10 @@ class CudaGraphModule(nn.Module):
                                    example_input)
         self._graph, self._static_out = self._capture(warmup)
 
-    def _call(self, x: Any) -> Any:
-        return self.module(**x) if isinstance(x, dict) else self.module(x)
+    def _call(self, x: Any) -> Any:  # a dict: keyword inputs; a tuple: positional ones
+        if isinstance(x, dict):
+            return self.module(**x)
+        return self.module(*x) if isinstance(x, tuple) else self.module(x)
 
     def _capture(self, warmup: int) -> tuple[torch.cuda.CUDAGraph, Any]:
         side = torch.cuda.Stream()
@@ -64,7 +69,8 @@ class CudaGraphModule(nn.Module):
         return graph, out
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        x = kwargs if kwargs else args[0]
+        x = kwargs if kwargs else args if len(args) != 1 or isinstance(self._static_in, tuple) \
+            else args[0]
         if not _same_layout(self._static_in, x):
             return self._call(x)  # another shape: run eagerly
         tree_map(lambda s, v: s.copy_(v) if isinstance(s, torch.Tensor) else None,

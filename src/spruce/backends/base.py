@@ -51,6 +51,8 @@ class Backend:
     dtypes: ClassVar[tuple[torch.dtype, ...]] = FLOATS
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
+    # why its modules cannot be exported to ONNX (``spruce.export_onnx``), or None
+    not_exportable: ClassVar[str | None] = None
 
     @classmethod
     def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:

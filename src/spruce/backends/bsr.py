@@ -127,6 +127,7 @@ class Bsr(Backend):
     """Square-block masks as BSR; CPU fp32, CUDA fp32/fp16/bf16 (see the module docstring)."""
 
     patterns = ("block",)
+    not_exportable = "torch's sparse BSR tensors do not trace"
 
     @classmethod
     def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:

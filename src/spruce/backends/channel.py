@@ -15,6 +15,7 @@ from torch import nn
 
 from ..fileformat import Fields, check_index
 from .base import Backend, StateLayout, masked_weight, register
+from .face import DenseFace, rename_legacy
 from .im2col import ConvGeom, conv_reason
 
 
@@ -23,36 +24,57 @@ def kept_rows(weight_view: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     return src.any(1).nonzero().flatten().cpu()
 
 
-class ChannelScatter(nn.Module):
-    """Compacted Linear/Conv2d; outputs scattered into a bias-filled full-width tensor."""
+class ChannelScatter(DenseFace):
+    """Compacted Linear/Conv2d; outputs scattered into a bias-filled full-width tensor.
+
+    ``in_features`` is K of the 2-D view (``C·kh·kw`` for a conv, whose ``in_channels`` is
+    ``C``); ``has_bias`` says whether the replaced layer had a bias (``bias`` is then the
+    full-width bias, else None)."""
 
     def __init__(self, weight: torch.Tensor, kept: torch.Tensor, bias: torch.Tensor | None,
-                 out_features: int, geom: ConvGeom | None, in_features: int):
+                 out_features: int, geom: ConvGeom | None, in_features: int,
+                 has_bias: bool | None = None):
         super().__init__()
-        self.geom, self.out_features, self.in_features = geom, out_features, in_features
+        self.geom, self.has_bias = geom, bias is not None if has_bias is None else has_bias
         self.dim = 1 if geom is not None else -1
+        self.linear_face(in_features, out_features)
+        if geom is not None:
+            self.conv_face(geom, weight.shape[1])
         full = torch.zeros(out_features, dtype=weight.dtype, device=weight.device)
         if bias is not None:
             full = bias.detach().clone()
         self.register_buffer("kept", kept.to(weight.device))  # (Rc,)
-        self.register_buffer("weight", weight.contiguous())  # (Rc, C, kh, kw) or (Rc, K)
+        self.register_buffer("packed", weight.contiguous())  # (Rc, C, kh, kw) or (Rc, K)
         self.register_buffer("kept_bias", full.index_select(0, self.kept))  # (Rc,)
         self.register_buffer("full_bias", full)  # (R,) what pruned outputs hold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.geom is None:
-            y = F.linear(x, self.weight, self.kept_bias)  # (..., Rc)
+            y = F.linear(x, self.packed, self.kept_bias)  # (..., Rc)
             out = self.full_bias.expand(*y.shape[:-1], self.out_features).clone()
             return out.index_copy_(y.dim() - 1, self.kept, y)
         g = self.geom
-        y = F.conv2d(x, self.weight, self.kept_bias, g.stride, g.padding, g.dilation)
+        y = F.conv2d(x, self.packed, self.kept_bias, g.stride, g.padding, g.dilation)
         out = self.full_bias[None, :, None, None].expand(
             y.shape[0], self.out_features, *y.shape[2:]).clone()
         return out.index_copy_(1, self.kept, y)
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.full_bias if self.has_bias else None
+
+    def dense_weight(self) -> torch.Tensor:  # (R, K) or (O, C, kh, kw)
+        out = self.packed.new_zeros(self.out_features, *self.packed.shape[1:])
+        return out.index_copy_(0, self.kept, self.packed)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rename_legacy(state_dict, prefix, {"weight": "packed"})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def config(self) -> dict[str, Any]:
         cfg = {"backend": "channel", "kept": self.kept.numel(), "out_features": self.out_features,
-               "in_features": self.in_features, "weight_shape": list(self.weight.shape)}
+               "in_features": self.in_features, "weight_shape": list(self.packed.shape),
+               "bias": self.has_bias}
         if self.geom is None:
             return {**cfg, "kind": "linear"}
         return {**cfg, "kind": "conv2d", **self.geom.config()}
@@ -119,4 +141,5 @@ class Channel(Backend):
         geom = ConvGeom.from_config(config) if config["kind"] == "conv2d" else None
         return ChannelScatter(torch.zeros(config["weight_shape"]),
                               torch.zeros(config["kept"], dtype=torch.long), None,
-                              config["out_features"], geom, config["in_features"])
+                              config["out_features"], geom, config["in_features"],
+                              has_bias=config.get("bias", True))

@@ -4,7 +4,11 @@ The input model is left untouched; the result is a deep copy in inference mode. 
 backend cannot serve for a structural reason stay dense and are listed with the reason;
 asking a backend for a pattern or dtype it does not serve is an error naming the layer.
 With ``verify=True`` each converted layer is compared with the dense masked reference on
-random inputs (shapes taken from ``example_input`` when given).
+random inputs (shapes taken from ``example_input`` when given), and, given
+``example_input``, the whole converted model with the pruned one (``wholemodel``): layers
+that make it fail go back to dense with the reason.
+
+``example_input`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import torch
 from torch import nn
 
 from ..errors import SpruceError
-from ..masks import get_mask, mask_info, masked_layers, set_submodule, unparametrized
+from ..masks import get_mask, mask_info, mask_module, masked_layers, unparametrized
 from ..view import prunable_layers
+from .adapt import Adapter, adapter_for
 from .base import Backend, channels_last, dtype_name, get_backend, names
 from .dense import Dense
+from .wholemodel import aliases, bypass_reason, check_whole_model, run, swap, tensors_of
 
 
 @dataclass
@@ -103,12 +109,16 @@ def _pattern_names(layer: nn.Module) -> list[str]:
 
 
 def cast_input(example: Any, dtype: torch.dtype, device: torch.device) -> Any:
-    """Floating tensors of an example input (a tensor or a dict) in ``dtype`` on ``device``."""
-    def one(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
-        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-    return {k: one(v) for k, v in example.items()} if isinstance(example, dict) else one(example)
+    """Floating tensors of an example input (a tensor, a tuple/list of positional inputs or
+    a dict of keyword inputs, nested) in ``dtype`` on ``device``."""
+    if isinstance(example, dict):
+        return {k: cast_input(v, dtype, device) for k, v in example.items()}
+    if isinstance(example, (tuple, list)):
+        return type(example)(cast_input(v, dtype, device) for v in example)
+    if not isinstance(example, torch.Tensor):
+        return example
+    return example.to(device=device, dtype=dtype) if example.is_floating_point() \
+        else example.to(device)
 
 
 def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
@@ -124,17 +134,20 @@ def capture_input_shapes(model: nn.Module, example_input: Any, names_: list[str]
 
     hooks = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names_]
     try:
-        with torch.no_grad():
-            model(**example_input) if isinstance(example_input, dict) else model(example_input)
+        run(model, example_input)
     finally:
         for h in hooks:
             h.remove()
     return shapes
 
 
-def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device) -> torch.Tensor:
-    if shape is not None:
-        shape = (min(shape[0], 4), *shape[1:])
+def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device,
+                 adapter: Adapter | None = None) -> torch.Tensor:
+    if shape is not None:  # fewer samples; an unbatched Conv1d input (C, L) stays whole
+        unbatched = isinstance(layer, nn.Conv1d) and len(shape) == 2
+        shape = tuple(shape) if unbatched else (min(shape[0], 4), *shape[1:])
+    elif adapter is not None:
+        shape = adapter.probe_shape(layer)
     elif isinstance(layer, nn.Conv2d):
         k = max(d * (s - 1) + 1 for d, s in zip(layer.dilation, layer.kernel_size, strict=False))
         side = k + 2 * max(layer.stride) + 3
@@ -145,9 +158,10 @@ def _probe_input(layer: nn.Module, shape: torch.Size | None, dtype, device) -> t
 
 
 def verify_layer(name: str, backend: str, module: nn.Module, reference: nn.Module,
-                 shape: torch.Size | None, dtype: torch.dtype, device: torch.device) -> float:
+                 shape: torch.Size | None, dtype: torch.dtype, device: torch.device,
+                 adapter: Adapter | None = None) -> float:
     """Relative error of ``module`` against ``reference`` (dense masked, run in float64)."""
-    x = _probe_input(reference, shape, dtype, device)
+    x = _probe_input(reference, shape, dtype, device, adapter)
     with torch.no_grad():
         out = module(x).double()
         ref = copy.deepcopy(reference).double()(x.double())
@@ -177,6 +191,26 @@ class Target:
     patterns: list[str]
     input_shape: torch.Size | None  # from example_input, when given
     channels_last: bool = False  # the example input reached the layer in channels-last
+    # a layer served through an equivalent Linear/Conv2d (``adapt``): then ``layer``/``mask``
+    # are the equivalent's, ``original``/``original_mask`` the layer's own (weight-shaped)
+    adapter: Adapter | None = None
+    original: nn.Module | None = None
+    original_mask: torch.Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        return type(self.original if self.original is not None else self.layer).__name__
+
+
+def adapted(t: Target) -> Target:
+    """``t`` with its layer replaced by the equivalent Linear/Conv2d, when it has one."""
+    adapter = adapter_for(t.layer)
+    if adapter is None:
+        return t
+    raw = None if t.mask is None else t.original_mask
+    layer, mask = adapter.equivalent(t.layer, raw)
+    return Target(t.name, layer, mask, t.patterns, t.input_shape, t.channels_last, adapter,
+                  t.layer, raw)
 
 
 def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
@@ -200,9 +234,12 @@ def prepare(model: nn.Module, dtype: torch.dtype | None, example_input: Any,
     targets = []
     for name, layer in layers.items():
         mask = get_mask(layer)
-        targets.append(Target(name, unparametrized(layer),
-                              None if mask is None else mask.detach().cpu(),
-                              _pattern_names(layer), *shapes.get(name, (None, False))))
+        raw = mask_module(layer)
+        targets.append(adapted(Target(name, unparametrized(layer),
+                                      None if mask is None else mask.detach().cpu(),
+                                      _pattern_names(layer), *shapes.get(name, (None, False)),
+                                      original_mask=None if raw is None
+                                      else raw.mask.detach().cpu())))
     return new, device, dtype, targets
 
 
@@ -227,26 +264,60 @@ def check_serves(b: type[Backend], t: Target, dtype: torch.dtype, device: torch.
 
 
 def build_module(b: type[Backend], t: Target, options: dict[str, Any]) -> nn.Module:
-    return b.from_masked(t.layer, t.mask, **_accepted(b.from_masked, options))
+    """``b``'s module for ``t``; an adapted layer's is wrapped to take the original input
+    (dense: the original layer type, masked)."""
+    if t.adapter is not None and b is Dense:
+        return Dense.from_masked(t.original, t.original_mask)
+    module = b.from_masked(t.layer, t.mask, **_accepted(b.from_masked, options))
+    return module if t.adapter is None else t.adapter.wrap(module)
 
 
 def finish(new: nn.Module, targets: list[Target], modules: dict[str, nn.Module],
            rows: dict[str, LayerConversion], report: ConversionReport, dtype: torch.dtype,
-           device: torch.device, verify: bool) -> nn.Module:
-    """Verify each built module against its dense masked layer, swap it in, attach the
-    report."""
+           device: torch.device, verify: bool, example_input: Any = None) -> nn.Module:
+    """Verify each built module against its dense masked layer, swap it in (under every
+    name of the layer), check the whole model on ``example_input`` (when given and
+    ``verify``), attach the report."""
+    example = cast_input(example_input, dtype, device) if example_input is not None else None
+    ref = tensors_of(run(new.eval(), example)) if example is not None and verify and targets \
+        else None
+    alias = aliases(new)
     for t in targets:
         row = rows[t.name]
         if verify:
             row.rel_error = verify_layer(t.name, row.backend, modules[t.name],
-                                         Dense.from_masked(t.layer, t.mask), t.input_shape,
-                                         dtype, device)
-        set_submodule(new, t.name, modules[t.name])
+                                         build_module(Dense, t, {}), t.input_shape,
+                                         dtype, device, t.adapter)
+        swap(new, t.name, modules[t.name], alias)
         report.rows.append(row)
+    if ref is not None:
+        send_back(new, targets, modules, rows, example, ref, dtype)
     new.eval()
     new.requires_grad_(False)
     new.spruce_report = report
     return new
+
+
+def send_back(new: nn.Module, targets: list[Target], modules: dict[str, nn.Module],
+              rows: dict[str, LayerConversion], example: Any, ref: list[torch.Tensor],
+              dtype: torch.dtype) -> None:
+    """Whole-model check: converted layers that make ``new`` fail or differ from the pruned
+    model's outputs ``ref`` become dense (``modules``/``rows`` updated, reason given)."""
+    fast = {t.name: modules[t.name] for t in targets if rows[t.name].backend != Dense.name}
+    dense = {t.name: build_module(Dense, t, {}) for t in targets if t.name in fast}
+    for name, why in check_whole_model(new, example, ref, fast, dense, dtype).items():
+        rows[name].backend, rows[name].rel_error = Dense.name, None
+        rows[name].reason = f"whole-model check on example_input: {why}"
+        modules[name] = dense[name]
+
+
+def layer_reason(b: type[Backend], model: nn.Module, t: Target, dtype: torch.dtype,
+                 device: torch.device, options: dict[str, Any]) -> str | None:
+    """Why ``b`` cannot serve ``t`` inside ``model`` (the layer itself, or its parent)."""
+    if b is Dense:
+        return None
+    return bypass_reason(model, t.name) or b.reason(t.layer, t.mask, dtype, device,
+                                                    **_accepted(b.reason, options))
 
 
 def convert(model: nn.Module, backend: str | type[Backend] = "dense",
@@ -268,11 +339,11 @@ def convert(model: nn.Module, backend: str | type[Backend] = "dense",
     rows: dict[str, LayerConversion] = {}
     for t in targets:  # decide everything before changing anything
         check_serves(b, t, dtype, device)
-        reason = b.reason(t.layer, t.mask, dtype, device, **_accepted(b.reason, options))
-        rows[t.name] = LayerConversion(t.name, type(t.layer).__name__,
+        reason = layer_reason(b, new, t, dtype, device, options)
+        rows[t.name] = LayerConversion(t.name, t.kind,
                                        "+".join(t.patterns) or "-",
                                        Dense.name if reason else b.name, reason)
     modules = {t.name: build_module(get_backend(rows[t.name].backend), t, options)
                for t in targets}
     report = ConversionReport(b.name, dtype_name(dtype), str(device))
-    return finish(new, targets, modules, rows, report, dtype, device, verify)
+    return finish(new, targets, modules, rows, report, dtype, device, verify, example_input)

@@ -28,9 +28,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..errors import SpruceError
 from ..fileformat import INDEX_DTYPES, Fields, check_csr
 from ..view import to_view, view_shape
 from .base import FLOATS, Backend, StateLayout, dtype_name, register
+from .face import DenseFace
 from .im2col import ConvGeom, conv_reason, gemm_fields
 
 DTYPES_BY_DEVICE = {"cpu": (torch.float32,), "cuda": FLOATS}  # what torch's CSR/BSR mm runs
@@ -104,11 +106,12 @@ class DerivedOperand(nn.Module):
         self._rebuild()
 
 
-class SparseGemm(DerivedOperand):
+class SparseGemm(DenseFace, DerivedOperand):
     """``y = W_sparse @ x`` over the 2-D view ``[R, K]``, for a Linear or (im2col) Conv2d.
 
     Subclasses register their dense buffers, then call ``_rebuild()``; ``_build()`` makes the
-    torch sparse tensor from the buffers.
+    torch sparse tensor from the buffers. A dtype/device change torch's sparse matmul does
+    not run there (``.half()`` on the CPU) is refused before anything is converted.
     """
 
     backend: ClassVar[str] = "?"
@@ -117,7 +120,27 @@ class SparseGemm(DerivedOperand):
         super().__init__()
         self.shape = (int(shape[0]), int(shape[1]))  # (R, K) of the view
         self.geom = geom  # None: a Linear
+        if geom is None:
+            self.linear_face(self.shape[1], self.shape[0])
+        else:
+            self.conv_face(geom, self.shape[1] // (geom.kernel_size[0] * geom.kernel_size[1]))
         self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
+
+    def dense_weight(self) -> torch.Tensor:  # (R, K) or (O, C, kh, kw)
+        w = self.w.to_dense()
+        return w if self.geom is None else w.reshape(self.out_channels, self.in_channels,
+                                                     *self.geom.kernel_size)
+
+    def _apply(self, fn, recurse=True):
+        values = getattr(self, "values", None)
+        if values is not None:
+            to = fn(values[:0])
+            why = device_dtype_reason(self.backend, to.dtype, to.device)
+            if why and to.dtype != torch.float64:  # fp64 runs too (MKL and cuSPARSE)
+                raise SpruceError(f"cannot move a {self.backend} layer (weight view "
+                                  f"{self.shape[0]}x{self.shape[1]}) to {dtype_name(to.dtype)} "
+                                  f"on {to.device.type}: {why}")
+        return super()._apply(fn, recurse)
 
     def _build(self) -> torch.Tensor:
         raise NotImplementedError
@@ -139,6 +162,11 @@ class SparseGemm(DerivedOperand):
         return torch.addmm(self.bias.unsqueeze(1), self.w, xt, out=out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            raise SpruceError(f"a {self.backend} layer (weight view {self.shape[0]}x"
+                              f"{self.shape[1]}) cannot be traced or exported: torch's sparse "
+                              f"tensors do not trace; convert with backend 'dense', "
+                              f"'groupwise' or 'channel' to export")
         r, k = self.shape
         if self.geom is None:
             y = self._mm(x.reshape(-1, k).t().contiguous())  # (R, N)
@@ -198,6 +226,8 @@ def check_build(backend: type[Backend], layer: nn.Module, mask: torch.Tensor | N
 @register("csr")
 class Csr(Backend):
     """Any mask as CSR; CPU fp32, CUDA fp32/fp16/bf16 (see the module docstring)."""
+
+    not_exportable = "torch's sparse CSR tensors do not trace"
 
     @classmethod
     def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:

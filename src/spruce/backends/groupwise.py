@@ -32,6 +32,7 @@ from torch import nn
 from ..fileformat import Fields, check_index
 from ..view import taps
 from .base import Backend, StateLayout, channels_last, masked_weight, register
+from .face import DenseFace, rename_legacy, scatter_columns
 from .im2col import ConvGeom, conv_reason
 
 LAYOUTS = ("rows", "cols", "channels")
@@ -86,39 +87,48 @@ def kept_columns(weight_view: torch.Tensor, mask: torch.Tensor | None, groups_fr
     raise ValueError(f"groups_from must be 'mask' or 'zeros'; got {groups_from!r}")
 
 
-class GroupwiseLinear(nn.Module):
+class GroupwiseLinear(DenseFace):
     def __init__(self, weight: torch.Tensor, kept: torch.Tensor, bias: torch.Tensor | None,
                  in_features: int, layout: str):
         super().__init__()
-        self.in_features, self.layout = in_features, layout
+        self.layout = layout
+        self.linear_face(in_features, weight.shape[0])
         self.register_buffer("kept", kept.to(weight.device))  # (Kc,) long
-        self.register_buffer("weight", weight.contiguous())  # (R, Kc)
+        self.register_buffer("packed", weight.contiguous())  # (R, Kc)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., K)
         if self.layout == "cols":
-            return F.linear(gather_last(x, self.kept), self.weight, self.bias)
+            return F.linear(gather_last(x, self.kept), self.packed, self.bias)
         lead = x.shape[:-1]
         xt = x.reshape(-1, x.shape[-1]).t()  # (K, N) view
-        y = self.weight @ xt.index_select(0, self.kept)  # (R, N)
+        y = self.packed @ xt.index_select(0, self.kept)  # (R, N)
         if self.bias is not None:
             y = y + self.bias[:, None]
         return y.t().reshape(*lead, -1)
 
+    def dense_weight(self) -> torch.Tensor:  # (R, K)
+        return scatter_columns(self.packed, self.kept, self.in_features)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rename_legacy(state_dict, prefix, {"weight": "packed"})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def config(self) -> dict[str, Any]:
         return {"backend": "groupwise", "kind": "linear", "in_features": self.in_features,
-                "out_features": self.weight.shape[0], "kept": self.kept.numel(),
+                "out_features": self.out_features, "kept": self.kept.numel(),
                 "bias": self.bias is not None, "layout": self.layout}
 
 
-class GroupwiseConv2d(nn.Module):
+class GroupwiseConv2d(DenseFace):
     def __init__(self, weight: torch.Tensor, kept: torch.Tensor, bias: torch.Tensor | None,
                  geom: ConvGeom, in_channels: int, layout: str):
         super().__init__()
-        self.geom, self.in_channels, self.layout = geom, in_channels, layout
+        self.geom, self.layout = geom, layout
+        self.conv_face(geom, in_channels)
         self.register_buffer("kept", kept.to(weight.device))  # (Kc,)
-        self.register_buffer("weight", weight.contiguous())  # (O, Kc)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone()[:, None])
+        self.register_buffer("packed", weight.contiguous())  # (O, Kc)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())  # (O,)
         taps = geom.kernel_size[0] * geom.kernel_size[1]
         self.register_buffer("channels", self.kept[::taps].div(taps, rounding_mode="floor")
                              if layout == "channels" else None)  # (Kc / taps,) kept channels
@@ -126,7 +136,7 @@ class GroupwiseConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
         if self.layout == "channels":
             g = self.geom
-            w = self.weight.reshape(g.out_channels, -1, *g.kernel_size)
+            w = self.packed.reshape(g.out_channels, -1, *g.kernel_size)
             if channels_last(x):
                 # NHWC in memory: the channels are the columns of an (N·H·W, C) matrix; the
                 # gathered input stays channels-last (cuDNN's fast path)
@@ -135,17 +145,27 @@ class GroupwiseConv2d(nn.Module):
                 xs = xs.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
             else:
                 xs = x.index_select(1, self.channels)
-            return F.conv2d(xs, w,
-                            None if self.bias is None else self.bias[:, 0], g.stride,
-                            g.padding, g.dilation)
+            return F.conv2d(xs, w, self.bias, g.stride, g.padding, g.dilation)
         cols = self.geom.unfold(x)  # (B, K, L)
         if self.layout == "rows":
-            y = self.weight @ cols.index_select(1, self.kept)  # (B, O, L)
+            y = self.packed @ cols.index_select(1, self.kept)  # (B, O, L)
         else:
-            y = (cols.transpose(1, 2).index_select(2, self.kept) @ self.weight.t()).transpose(1, 2)
+            y = (cols.transpose(1, 2).index_select(2, self.kept) @ self.packed.t()).transpose(1, 2)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias[:, None]
         return self.geom.fold(y, x.shape)
+
+    def dense_weight(self) -> torch.Tensor:  # (O, C, kh, kw)
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        w = scatter_columns(self.packed, self.kept, k)
+        return w.reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rename_legacy(state_dict, prefix, {"weight": "packed"})
+        bias = state_dict.get(prefix + "bias")
+        if bias is not None and bias.dim() == 2:  # saved as (O, 1) before
+            state_dict[prefix + "bias"] = bias[:, 0]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def config(self) -> dict[str, Any]:
         return {"backend": "groupwise", "kind": "conv2d", "in_channels": self.in_channels,

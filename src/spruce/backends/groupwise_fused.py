@@ -29,6 +29,7 @@ from torch import nn
 
 from ..fileformat import Fields, check_index
 from .base import Backend, StateLayout, masked_weight, register
+from .face import DenseFace, rename_legacy
 from .groupwise import compaction_reason, kept_columns
 from .im2col import ConvGeom
 
@@ -40,44 +41,67 @@ def resolve_precision(precision: str) -> str:
     return "tf32" if allowed else "tf32x3"
 
 
-class FusedGroupwiseLinear(nn.Module):
+def _load_legacy(module: nn.Module, state_dict, prefix, *args, **kwargs) -> None:
+    rename_legacy(state_dict, prefix, {"weight": "packed"})  # files saved before the rename
+    nn.Module._load_from_state_dict(module, state_dict, prefix, *args, **kwargs)
+
+
+class FusedGroupwiseLinear(DenseFace):
     def __init__(self, kept: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  in_features: int, kept_count: int, activation: str | None, precision: str):
         super().__init__()
-        self.in_features, self.kept_count = in_features, kept_count
+        self.kept_count = kept_count
+        self.linear_face(in_features, weight.shape[0])
         self.activation, self.precision = activation, precision
         self.register_buffer("kept", kept)                  # (Kp,) int32, padded
-        self.register_buffer("weight", weight)              # (R, Kp), zero pad columns
+        self.register_buffer("packed", weight)              # (R, Kp), zero pad columns
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:     # x: (..., K)
         from ..kernels.groupwise_linear import groupwise_linear
-        return groupwise_linear(x, self.kept, self.weight, self.bias, self.activation,
+        return groupwise_linear(x, self.kept, self.packed, self.bias, self.activation,
                                 self.precision)
+
+    def dense_weight(self) -> torch.Tensor:  # (R, K); pad columns add zeros
+        w = self.packed.new_zeros(self.out_features, self.in_features)
+        return w.index_add_(1, self.kept.long(), self.packed)
+
+    _load_from_state_dict = _load_legacy
 
     def config(self) -> dict[str, Any]:
         return {"backend": "groupwise_fused", "kind": "linear", "in_features": self.in_features,
-                "out_features": self.weight.shape[0], "kept": self.kept_count,
+                "out_features": self.out_features, "kept": self.kept_count,
                 "padded": self.kept.numel(), "bias": self.bias is not None,
                 "activation": self.activation, "precision": self.precision}
 
 
-class FusedGroupwiseConv2d(nn.Module):
+class FusedGroupwiseConv2d(DenseFace):
     def __init__(self, taps: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  geom: ConvGeom, in_channels: int, kept_count: int, activation: str | None,
                  precision: str):
         super().__init__()
-        self.geom, self.in_channels, self.kept_count = geom, in_channels, kept_count
+        self.geom, self.kept_count = geom, kept_count
+        self.conv_face(geom, in_channels)
         self.activation, self.precision = activation, precision
         self.register_buffer("taps", taps)                  # (3, Kp) int32: c, kh·dil, kw·dil
-        self.register_buffer("weight", weight)              # (O, Kp) in the taps' order
+        self.register_buffer("packed", weight)              # (O, Kp) in the taps' order
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:     # x: (B, C, H, W)
         from ..kernels.groupwise_conv2d import groupwise_conv2d
         g = self.geom
-        return groupwise_conv2d(x, self.taps, self.weight, self.bias, g.kernel_size, g.stride,
+        return groupwise_conv2d(x, self.taps, self.packed, self.bias, g.kernel_size, g.stride,
                                 g.padding, g.dilation, self.activation, self.precision)
+
+    def dense_weight(self) -> torch.Tensor:  # (O, C, kh, kw); pad taps add zeros
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        c, row, col = self.taps.long()
+        column = c * kh * kw + (row // dh) * kw + col // dw  # the (c, kh, kw) view column
+        w = self.packed.new_zeros(self.out_channels, self.in_channels * kh * kw)
+        return w.index_add_(1, column, self.packed).reshape(self.out_channels,
+                                                            self.in_channels, kh, kw)
+
+    _load_from_state_dict = _load_legacy
 
     def config(self) -> dict[str, Any]:
         return {"backend": "groupwise_fused", "kind": "conv2d", "in_channels": self.in_channels,
@@ -90,6 +114,7 @@ class FusedGroupwiseConv2d(nn.Module):
 class GroupwiseFused(Backend):
     patterns = ("group",)
     devices = ("cuda",)
+    not_exportable = "its Triton kernels have no ONNX form"
 
     @classmethod
     def unavailable(cls) -> str | None:

@@ -22,9 +22,10 @@ from .. import __version__
 from ..errors import SpruceError
 from ..fileformat import Fields, Stored, check_finite, expect_format, layer_key, read_stored
 from ..io import atomic_save
-from ..masks import set_submodule
+from .adapt import ADAPTERS, empty_module
 from .base import dtype_name, get_backend, names
 from .im2col import ConvGeom
+from .wholemodel import aliases, drop_aliases, fill_aliases, swap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -34,7 +35,8 @@ def converted_modules(model: nn.Module) -> dict[str, nn.Module]:
     found = {}
     for name, mod in model.named_modules():
         cfg = getattr(mod, "config", None)
-        if callable(cfg) and isinstance(mod, nn.Module) and name:
+        if callable(cfg) and isinstance(mod, nn.Module) and name \
+                and not any(name.startswith(f + ".") for f in found):  # not inside another
             c = cfg()
             if isinstance(c, dict) and c.get("backend") in names():
                 found[name] = mod
@@ -53,7 +55,24 @@ def save_converted(model: nn.Module, path: str | os.PathLike,
               "dtype": dtype_name(floats[0].dtype) if floats else "fp32",
               "layers": {n: m.config() for n, m in converted_modules(model).items()},
               "report": report.to_dict() if report is not None else None, **(extra or {})}
-    return atomic_save(model.state_dict(), path, header)
+    alias = aliases(model)
+    if alias:  # a layer registered under several names is saved once
+        header["aliases"] = alias
+    return atomic_save(drop_aliases(model.state_dict(), alias), path, header)
+
+
+def _check_adapted(stored: Stored, name: str, cfg: dict[str, Any], dtype: torch.dtype) -> type:
+    """An adapted layer (a ``Conv1D`` served as a Linear, a ``Conv1d`` as a Conv2d): its
+    adapter is known, and its inner backend's config fits the stored tensors."""
+    f = Fields(cfg, stored.path, name, what="a converted layer")
+    f.str("adapter", tuple(ADAPTERS))
+    inner = f.dict("inner")
+    g = Fields(inner, stored.path, name, what="an adapted layer's inner config")
+    backend = get_backend(g.str("backend", [n for n in names() if n != "dense"]))
+    lay = backend.layout(inner, stored.path, name)
+    for tname, (shape, tdtype) in lay.tensors.items():
+        stored.expect(layer_key(name, ".inner." + tname), shape, tdtype or dtype, layer=name)
+    return backend
 
 
 def _check_layer(stored: Stored, name: str, cfg: Any, module: nn.Module,
@@ -109,6 +128,7 @@ def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -
     dtype, layers = _check_header(stored)
     work = copy.deepcopy(model)
     backends = {}
+    alias = aliases(work)
     for name, cfg in layers.items():
         try:
             module = work.get_submodule(name)
@@ -116,11 +136,14 @@ def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -
             raise SpruceError("this converted layer does not exist in the model; pass the "
                               "architecture the file was converted from", path=stored.path,
                               layer=name) from None
-        backends[name] = _check_layer(stored, name, cfg, module, dtype)
+        backends[name] = _check_adapted(stored, name, cfg, dtype) \
+            if isinstance(cfg, dict) and "adapter" in cfg else \
+            _check_layer(stored, name, cfg, module, dtype)
     for name, cfg in layers.items():
-        set_submodule(work, name, backends[name].empty(cfg))
+        swap(work, name, empty_module(cfg), alias)
     work = work.to(dtype)
     tensors = load_file(str(stored.path))
+    fill_aliases(tensors, stored.header.get("aliases", {}))
     own = {k for k, _ in model.named_buffers() if k.rpartition(".")[0] not in layers}
     check_finite(tensors, stored.path, own)  # the architecture's own buffers may hold -inf
     try:
@@ -129,7 +152,8 @@ def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -
         raise SpruceError(f"does not fit the model ({str(e).splitlines()[0]} …); was it "
                           "converted from another model?", path=stored.path) from None
     for name, backend in backends.items():
-        problem = backend.check_state(work.get_submodule(name))
+        module = work.get_submodule(name)
+        problem = backend.check_state(getattr(module, "inner", module))
         if problem:
             raise SpruceError(f"{problem[1]}; the file is damaged or was edited",
                               path=stored.path, layer=name, field=problem[0])

@@ -16,7 +16,7 @@ What was run, not guessed (torch 2.11+cu130 on an H200, sm90):
   1.42 ms, and 1.56 ms with a ``.contiguous()`` after it. ``reshape`` and most ``view``s work
   on it. Building with ``_FUSE_TRANSPOSE`` gives row-major output but took 123 ms (torch 2.11).
 
-Saved state: the dense masked weight ``weight [R, K]`` and ``bias`` (semi-structured tensors
+Saved state: the dense masked weight ``masked [R, K]`` and ``bias`` (semi-structured tensors
 cannot be saved); the 2:4 tensor ``w`` is built from them at construction, after
 ``.to()``/``.half()`` and after ``load_state_dict``, and only on CUDA in fp16/bf16.
 """
@@ -33,6 +33,7 @@ from ..fileformat import Fields
 from ..view import to_view, view_shape
 from .base import Backend, StateLayout, dtype_name, register
 from .csr import DerivedOperand, check_build, dtype_of, geom_of, mask_shape_reason
+from .face import DenseFace, rename_legacy
 from .im2col import ConvGeom, conv_reason, gemm_fields
 
 
@@ -74,25 +75,39 @@ def shape_reason(shape: tuple[int, int], dtype: torch.dtype) -> str | None:
     return None
 
 
-class Semi24Gemm(DerivedOperand):
+class Semi24Gemm(DenseFace, DerivedOperand):
     """``y = x @ W24ᵀ + b`` (Linear) or im2col + the same GEMM (Conv2d) on CUDA."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, geom: ConvGeom | None):
         super().__init__()
         self.geom = geom  # None: a Linear
-        self.register_buffer("weight", weight.detach().clone().contiguous())  # (R, K), masked
+        r, k = weight.shape
+        if geom is None:
+            self.linear_face(k, r)
+        else:
+            self.conv_face(geom, k // (geom.kernel_size[0] * geom.kernel_size[1]))
+        self.register_buffer("masked", weight.detach().clone().contiguous())  # (R, K), masked
         self.register_buffer("bias", None if bias is None else bias.detach().clone().contiguous())
         self._rebuild()
 
+    def dense_weight(self) -> torch.Tensor:  # a view of ``masked`` in the layer's shape
+        if self.geom is None:
+            return self.masked
+        return self.masked.view(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rename_legacy(state_dict, prefix, {"weight": "masked"})  # files saved before
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _rebuild(self) -> None:
-        w = self.weight
+        w = self.masked
         on_gpu = w.is_cuda and w.dtype in Semi24.dtypes
         self.w = torch.sparse.to_sparse_semi_structured(w) if on_gpu else None  # else: later
 
     def config(self) -> dict[str, Any]:
         return {"backend": "semi24", "kind": "linear" if self.geom is None else "conv2d",
-                "shape": list(self.weight.shape), "bias": self.bias is not None,
-                "dtype": dtype_name(self.weight.dtype),
+                "shape": list(self.masked.shape), "bias": self.bias is not None,
+                "dtype": dtype_name(self.masked.dtype),
                 "conv": None if self.geom is None else self.geom.config()}
 
     def _linear(self, x2: torch.Tensor) -> torch.Tensor:  # (N, K) → (N, R)
@@ -102,7 +117,7 @@ class Semi24Gemm(DerivedOperand):
         return F.linear(x2, self.w, self.bias)  # column-major [N, R]: see the docstring
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r, k = self.weight.shape
+        r, k = self.masked.shape
         if self.geom is None:
             return self._linear(x.reshape(-1, k)).reshape(*x.shape[:-1], r)  # a view
         cols = self.geom.unfold(x)  # (B, K, L)
@@ -116,6 +131,7 @@ class Semi24(Backend):
     """2:4 masks on sparse tensor cores: CUDA sm80+, fp16/bf16 (see the module docstring)."""
 
     patterns = ("vector",)
+    not_exportable = "semi-structured (2:4) sparse tensors have no ONNX form"
     dtypes = (torch.float16, torch.bfloat16)
     devices = ("cuda",)
 

@@ -194,7 +194,7 @@ def groupwise_parts(module: GroupwiseLinear | GroupwiseConv2d, inputs: list) -> 
     the step before as its inputs: conv im2col → gather → gemm → reshape (Fig. 13), linear
     gather → gemm (Fig. 12). The ``gemm`` step is the group-wise ideal. The layout of the
     gather (rows or cols, Fig. 6) is the module's."""
-    kept, w, b = module.kept, module.weight, module.bias   # (Kc,), (R, Kc), bias or None
+    kept, w, b = module.kept, module.packed, module.bias   # (Kc,), (R, Kc), bias or None
     if isinstance(module, GroupwiseConv2d):
         geom, x_shape = module.geom, inputs[0].shape
         rows = module.layout == "rows"
@@ -204,7 +204,8 @@ def groupwise_parts(module: GroupwiseLinear | GroupwiseConv2d, inputs: list) -> 
              else (lambda c: c.transpose(1, 2).index_select(2, kept))),     # (B, L, Kc)
             ("gemm", (lambda g: w @ g) if rows                              # (B, O, L)
              else (lambda g: (g @ w.t()).transpose(1, 2))),
-            ("reshape", lambda y: geom.fold(y if b is None else y + b, x_shape)),  # (B, O, Ho, Wo)
+            ("reshape", lambda y: geom.fold(y if b is None else y + b[:, None],  # (B, O, Ho, Wo)
+                                             x_shape)),
         ]
     elif module.layout == "cols":
         chain = [("gather", lambda x: x.index_select(-1, kept)),           # (N, Kc)

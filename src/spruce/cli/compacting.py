@@ -12,6 +12,8 @@ from ..compact import CompactionReport, compact, save_compacted
 from ..io import read_header
 from .checks import output_file
 from .common import console, fail, fmt_count, load_model, model_of_file
+from .example_input import HELP as EXAMPLE_HELP
+from .example_input import load_example_input
 
 
 def report_table(report: CompactionReport, title: str) -> Table:
@@ -57,6 +59,8 @@ def compact_cmd(
     exclude: list[str] = typer.Option([], "--exclude", "-x", help="module-name glob whose "
                                       "groups stay whole"),
     output: Path = typer.Option(None, "--output", "-o", help="write the compacted model"),
+    example_input: str = typer.Option(None, "--example-input", "-e",
+                                      help=EXAMPLE_HELP + " (default: the zoo's, or a guess)"),
 ) -> None:
     """Remove every channel, head and stream channel that the masks prune from all the layers
     it touches; print one row per coupled group."""
@@ -66,13 +70,15 @@ def compact_cmd(
         name = model_of_file(header, pruned, model)
         dataset = dataset or header.get("dataset")
         net = load(pruned, load_model(name, dataset))
-        small = compact(net, _example_input(name, dataset), verify=verify, fold_bn=fold_bn,
-                        exclude=exclude)
+        x = load_example_input(example_input) if example_input is not None \
+            else _example_input(name, dataset)
+        small = compact(net, x, verify=verify, fold_bn=fold_bn, exclude=exclude)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     report = small.spruce_compaction
-    if report.error:
-        fail(f"{report.error}; nothing was compacted and nothing was written")
+    if report.error:  # nothing was compacted: say why, write nothing
+        fail(f"{name}: {report.error}" + ("" if example_input else
+                                          "; pass the model's input with --example-input"))
     console.print(report_table(report, f"{name}: structural compaction"))
     print_summary(report)
     if output:

@@ -15,6 +15,8 @@ from ..backends.io import DTYPES
 from ..io import read_header
 from .checks import outputs_ok
 from .common import console, fail, load_model, model_of_file
+from .example_input import HELP as EXAMPLE_HELP
+from .example_input import load_example_input, to_device
 
 
 def report_table(report: ConversionReport, title: str) -> Table:
@@ -38,6 +40,9 @@ def convert_cmd(
     output: Path = typer.Option(None, "--output", "-o", help="write the converted model"),
     plan: Path = typer.Option(None, help="backend auto: plan JSON to reuse and (re)write"),
     batch: int = typer.Option(1, help="backend auto: batch of the zoo example input timed"),
+    example_input: str = typer.Option(None, "--example-input", "-e",
+                                      help=EXAMPLE_HELP + "; checks the whole converted model "
+                                      "(backend auto: what is timed; default: the zoo's)"),
 ) -> None:
     """Turn a pruned model into an inference model and print the per-layer report."""
     outputs_ok(files={"--output": output, "--plan": plan})
@@ -50,12 +55,7 @@ def convert_cmd(
             fail("--device cuda asked for, but this machine has no CUDA; use --device cpu")
         ds = dataset or header.get("dataset")
         net = load(pruned, load_model(name, ds)).to(device)
-        options = {}
-        if backend == "auto":
-            example = zoo.example_input(name, ds, batch=batch)
-            example = {k: v.to(device) for k, v in example.items()} \
-                if isinstance(example, dict) else example.to(device)
-            options = {"example_input": example, "plan": plan}
+        options = _example_options(example_input, backend, name, ds, batch, device, plan)
         fast = convert(net, backend, dtype=DTYPES.get(dtype) if dtype else None, **options)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
@@ -65,6 +65,23 @@ def convert_cmd(
                   f"{rep.backend}; {len(rep.fallbacks)} stayed dense")
     if output:
         console.print(f"wrote {save(fast, output, extra={'model': name})}")
+
+
+def _example_options(spec: str | None, backend: str, name: str, dataset: str | None,
+                     batch: int, device: str, plan: Path | None) -> dict:
+    """``example_input`` (and ``plan``) for ``convert``: the file given, else for backend
+    auto the zoo model's own example."""
+    if spec is not None:
+        example = load_example_input(spec)
+    elif backend != "auto":
+        return {}
+    elif name in zoo.names():
+        example = zoo.example_input(name, dataset, batch=batch)
+    else:
+        fail(f"backend auto times the model on its input: pass --example-input for {name} "
+             f"(it is not a zoo model)")
+    options = {"example_input": to_device(example, device)}
+    return {**options, "plan": plan} if backend == "auto" else options
 
 
 def backends_cmd() -> None:

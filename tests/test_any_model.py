@@ -273,9 +273,6 @@ def test_info_lists_new_kinds_and_skipped(tmp_path):
         assert text in out.output, text
 
 
-@pytest.mark.xfail(strict=True, reason="backends.base.masked_weight reshapes the 2-D view "
-                   "into the weight's shape; a transposed layout (Conv1D) needs "
-                   "spruce.view.unview(layer, mask)")
 def test_convert_dense_keeps_conv1d_outputs():
     case = CASES[0]
     model, inputs = _build(case), case.inputs()

@@ -123,7 +123,7 @@ class Channel(Backend):
         if not ok:
             f.fail("weight_shape", f"{list(shape)} does not fit kept={kept}, "
                    f"in_features={k}, out_features={r}")
-        tensors = {"kept": ((kept,), torch.int64), "weight": (shape, None),
+        tensors = {"kept": ((kept,), torch.int64), "packed": (shape, None),
                    "kept_bias": ((kept,), None), "full_bias": ((r,), None)}
         return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
 

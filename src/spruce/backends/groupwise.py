@@ -234,9 +234,9 @@ class Groupwise(Backend):
             f.str("layout", LAYOUTS)
         kept = f.int("kept", 1, k)
         bias = f.bool("bias")
-        tensors = {"kept": ((kept,), torch.int64), "weight": ((r, kept), None)}
+        tensors = {"kept": ((kept,), torch.int64), "packed": ((r, kept), None)}
         if bias:
-            tensors["bias"] = ((r,), None) if geom is None else ((r, 1), None)
+            tensors["bias"] = ((r,), None)
         if geom is not None and config["layout"] == "channels":
             per = geom.kernel_size[0] * geom.kernel_size[1]
             if kept % per:

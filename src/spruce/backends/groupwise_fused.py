@@ -176,7 +176,7 @@ class GroupwiseFused(Backend):
             f.fail("activation", f"must be one of {list(ACTIVATIONS)}")
         f.str("precision", PRECISIONS)
         idx = ((padded,), torch.int32) if geom is None else ((3, padded), torch.int32)
-        tensors = {"kept" if geom is None else "taps": idx, "weight": ((r, padded), None),
+        tensors = {"kept" if geom is None else "taps": idx, "packed": ((r, padded), None),
                    **({"bias": ((r,), None)} if f.bool("bias") else {})}
         return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
 

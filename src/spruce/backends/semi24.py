@@ -170,13 +170,13 @@ class Semi24(Backend):
     def layout(cls, config, path=None, layer=None) -> StateLayout:
         f = Fields(config, path, layer, what="a semi24 layer")
         kind, (r, k), geom, bias = gemm_fields(f)
-        tensors = {"weight": ((r, k), None), **({"bias": ((r,), None)} if bias else {})}
+        tensors = {"masked": ((r, k), None), **({"bias": ((r,), None)} if bias else {})}
         return StateLayout((r, k), kind, None if geom is None else geom.config(), tensors)
 
     @classmethod
     def check_state(cls, module: nn.Module) -> tuple[str, str] | None:
-        why = not_24(module.weight != 0)
-        return None if why is None else ("weight", why)
+        why = not_24(module.masked != 0)
+        return None if why is None else ("masked", why)
 
     @classmethod
     def empty(cls, config: dict[str, Any]) -> nn.Module:

@@ -85,3 +85,22 @@ def test_sparse_backends_are_refused_naming_layer_and_backend(backend, pattern, 
     with pytest.raises(SpruceError, match=f"layer '0'.*backend '{backend}' cannot be exported"):
         spruce.export_onnx(fast, torch.randn(2, 8), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_hf_models_with_dict_outputs_export_and_decoders_are_refused(tmp_path):
+    tf = pytest.importorskip("transformers")
+    ids = {"input_ids": torch.randint(0, 100, (2, 8))}
+    t5 = tf.T5EncoderModel(tf.T5Config(vocab_size=100, d_model=32, d_ff=64, d_kv=8,
+                                       num_heads=4, num_layers=1)).eval()
+    spruce.prune(t5, "group", 0.5)
+    fast = spruce.convert(t5, "dense", example_input=ids)
+    assert onnx_error(spruce.export_onnx(fast, ids, tmp_path / "t5.onnx"), fast, ids) < 1e-4
+    bert = tf.BertModel(tf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, intermediate_size=64)).eval()
+    assert bert.config.use_cache  # the keyword the exporter used to pass twice
+    path = spruce.export_onnx(bert, ids, tmp_path / "bert.onnx")
+    assert onnx_error(path, bert, ids) < 1e-4
+    llama = tf.LlamaModel(tf.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4)).eval()
+    with pytest.raises(SpruceError, match="ONNX exporter cannot export this model"):
+        spruce.export_onnx(llama, ids, tmp_path / "llama.onnx")

@@ -49,6 +49,21 @@ def _arguments(example: Any) -> tuple[tuple, dict, list[str]]:
     return (example,), {}, ["input"]
 
 
+class _Positional(nn.Module):
+    """The model called with its inputs as positional tensors (keyword inputs in the order
+    of ``names``), returning its output tensors as a flat tuple: the TorchScript exporter
+    takes neither keyword arguments reliably nor dict outputs (Hugging Face models)."""
+
+    def __init__(self, model: nn.Module, keywords: list[str], n_args: int):
+        super().__init__()
+        self.model, self.keywords, self.n_args = model, keywords, n_args
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        args, rest = inputs[:self.n_args], inputs[self.n_args:]
+        out = self.model(*args, **dict(zip(self.keywords, rest, strict=True)))
+        return tuple(tensors_of(out))
+
+
 @contextlib.contextmanager
 def exportable_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode, no MultiheadAttention fast path, no HF key/value cache; restored after."""
@@ -87,9 +102,16 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike,
     args, kwargs, names = _arguments(example_input)
     path = Path(path)
     model = model.eval()
+    flat = _Positional(model, list(kwargs), len(args)).eval()  # export restores its mode
     with exportable_mode(model):
-        torch.onnx.export(model, args, str(path), kwargs=kwargs or None, input_names=names,
-                          opset_version=opset_version, dynamo=False)
+        try:
+            torch.onnx.export(flat, (*args, *kwargs.values()), str(path), input_names=names,
+                              opset_version=opset_version, dynamo=False)
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0][:200]
+            raise SpruceError(f"torch's ONNX exporter cannot export this model ({first}); "
+                              "the model itself, not its pruning, holds the op: export the "
+                              "dense model to see the same", path=path) from None
     if check:
         try:
             import onnxruntime  # noqa: F401

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def _cell(fn) -> str:
     try:
         return fn()
     except ValueError as e:  # SpruceError included: a named refusal
-        return f"refused: {str(e).splitlines()[0][:110]}"
+        why = re.sub(r"^\S*/tmp\w*/\S+: ", "", str(e).splitlines()[0])  # a scratch file
+        return f"refused: {why[:110]}"
     except Exception as e:  # noqa: BLE001 - the matrix records every failure
         return f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
 

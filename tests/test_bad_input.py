@@ -289,3 +289,10 @@ def test_convert_nan_weights_name_the_layer():
         net[2].parametrizations.weight.original[0, 0] = float("nan")
     with pytest.raises(SpruceError, match=r"layer '2': its weight holds NaN or inf"):
         spruce.convert(net, "dense")
+
+
+def test_auto_refuses_an_option_no_candidate_reads():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    spruce.prune(model, "group", 0.5)
+    with pytest.raises(SpruceError, match="backend 'auto' has no option 'layuot'.*layout"):
+        spruce.convert(model, "auto", example_input=torch.randn(2, 8), layuot="rows")

@@ -39,6 +39,7 @@ from .backends.convert import (
     build_module,
     cast_input,
     finish,
+    option_names,
     prepare,
 )
 from .backends.dense import Dense
@@ -241,6 +242,16 @@ def _check_plan_shapes(cached: Plan, targets: list[Target], plan_path) -> None:
                               "another --plan", path=plan_path, field="view")
 
 
+def _check_auto_options(options: dict[str, Any]) -> None:
+    """An option no candidate backend reads is a typo: refuse it, naming the valid ones."""
+    valid = set().union(*(option_names(get_backend(n)) for n in names()))
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise SpruceError(f"backend 'auto' has no option {', '.join(map(repr, unknown))}; "
+                          f"the candidates' options: {', '.join(sorted(valid))}",
+                          field=unknown[0])
+
+
 def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_input: Any = None,
                  verify: bool = True, plan: str | os.PathLike | None = None,
                  margin: float = 0.05, timing: AutoTiming | None = None,
@@ -249,6 +260,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
     if example_input is None:
         raise ValueError("backend='auto' needs example_input: it times each candidate backend "
                          "on the input shape every layer really sees, on this device and dtype")
+    _check_auto_options(options)
     timing = timing or AutoTiming()
     new, device, dtype, targets = prepare(model, dtype, example_input,
                                           options.get("groups_from", "mask"))

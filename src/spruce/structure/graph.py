@@ -13,7 +13,6 @@ whether it may be removed.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,7 +207,3 @@ def _finish(b: Builder) -> Dependencies:
         for r in set(b.uf.roots(ids).tolist()):
             kinds[r].add(kind)
     return Dependencies(b.members, roots, pinned, dict(kinds))
-
-
-def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

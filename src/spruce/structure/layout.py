@@ -64,10 +64,6 @@ class Layout:
     dims: tuple[int, ...]
     ids: np.ndarray
 
-    def along(self, dim: int) -> int | None:
-        """Position of tensor dim ``dim`` among ``dims``, or None."""
-        return self.dims.index(dim) if dim in self.dims else None
-
     def moved(self, mapping: dict[int, int]) -> Layout:
         """The layout with tensor dims renamed by ``mapping`` (old → new), re-sorted."""
         new = [mapping[d] for d in self.dims]

@@ -7,6 +7,7 @@ import torch
 
 import spruce
 import spruce.auto as auto
+import spruce.auto_model as auto_model
 from spruce.auto import AutoTiming, Plan, pick
 from tests.conftest import SmallNet
 
@@ -43,7 +44,7 @@ def test_channels_last_example_is_timed_in_channels_last(pruned, monkeypatch):
     seen: dict[str, bool] = {}
     real = auto._time
 
-    def spy(fn, example, dtype, device, timing, probe=False, inputs=None):
+    def spy(fn, example, dtype, device, timing, probe=False, inputs=None, **kw):
         if isinstance(example, tuple) and len(example) == 4:  # a conv layer's candidates
             seen[type(fn).__name__] = inputs[0].is_contiguous(memory_format=torch.channels_last)
         return real(fn, example, dtype, device, timing, probe, inputs)
@@ -70,7 +71,7 @@ def test_slower_model_reverts_layers(pruned, monkeypatch):
     times = iter([1.0, 2.0, 1.5, 1.2, 1.1])  # dense model, auto, then after each revert round
     real = auto._time
 
-    def fake(fn, example, dtype, device, timing, probe=False, inputs=None):
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, **kw):
         return next(times) if not isinstance(example, tuple) else real(fn, example, dtype,
                                                                        device, timing, probe,
                                                                        inputs)
@@ -87,12 +88,12 @@ def test_a_candidate_far_slower_than_dense_is_probed_once(pruned, monkeypatch):
     model, x = pruned
     calls: list[tuple[str, bool]] = []
 
-    def fake(fn, example, dtype, device, timing, probe=False, inputs=None):
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, **kw):
         name = type(fn).__name__.lower()
         calls.append((name, probe))
         return 50.0 if "csr" in name else 1.0  # csr: 50× dense on its probe
     monkeypatch.setattr(auto, "_time", fake)
-    monkeypatch.setattr(auto, "_check_model", lambda m, fast, *a, **k: fast)
+    monkeypatch.setattr(auto_model, "check_model", lambda m, fast, *a, **k: fast)
     plan = spruce.convert(model, "auto", example_input=x, timing=FAST).spruce_plan
     for c in plan.layers.values():
         assert c.probed == ["csr"] and c.times_ms["csr"] == 50.0 and c.choice == "dense"

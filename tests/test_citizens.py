@@ -185,7 +185,7 @@ def test_auto_times_on_the_users_inputs_with_a_small_vocabulary(monkeypatch):
     seen = []
     real = auto._time
 
-    def spy(fn, example, dtype, device, timing, probe=False, inputs=None):
+    def spy(fn, example, dtype, device, timing, probe=False, inputs=None, **kw):
         if inputs and isinstance(inputs[0], dict):
             seen.extend(inputs)
         return real(fn, example, dtype, device, timing, probe, inputs)
@@ -308,7 +308,7 @@ def test_auto_goes_back_to_dense_when_timing_the_whole_model_fails(monkeypatch):
     monkeypatch.setattr(auto, "pick", lambda times, margin: max(times, key=lambda n: n != "dense"))
     real, calls = auto._time, []
 
-    def flaky(fn, example, dtype, device, timing, probe=False, inputs=None):
+    def flaky(fn, example, dtype, device, timing, probe=False, inputs=None, **kw):
         if not isinstance(example, tuple):  # whole-model timing: dense first, then auto
             calls.append(fn)
             if len(calls) == 2:

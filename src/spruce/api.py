@@ -19,8 +19,8 @@ from .backends.convert import convert as convert_with
 
 
 def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None = None,
-            example_input: Any = None, verify: bool = True, cuda_graph: bool = False,
-            **options: Any) -> nn.Module:
+            example_input: Any = None, verify: bool = True, cuda_graph: bool | None = None,
+            compile: bool | str = False, **options: Any) -> nn.Module:
     """A new inference model: every masked layer runs on ``backend``'s module, verified
     against the dense masked layer; given ``example_input`` (a tensor, a tuple of positional
     inputs or a dict of keyword inputs) the whole converted model is run once and compared
@@ -28,9 +28,17 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     Converted modules expose the replaced layer's ``weight`` (dense-equivalent, read-only),
     ``bias`` and sizes. ``backend="auto"`` measures every candidate per layer
     on ``example_input``'s shapes and keeps the fastest (``plan=PATH`` caches the choices;
-    see :mod:`spruce.auto`). ``cuda_graph=True`` captures the forward on
-    ``example_input`` as one CUDA graph (static shapes; see :mod:`spruce.graphs`). The
-    report is at ``result.spruce_report``."""
+    see :mod:`spruce.auto`); with ``compile`` it judges the whole model compiled, against
+    compiled dense. ``compile=True`` / ``"max-autotune"`` runs the result through
+    ``torch.compile`` (see :mod:`spruce.compiled`). ``cuda_graph=True`` captures the forward
+    on ``example_input`` as one CUDA graph (static shapes; see :mod:`spruce.graphs`); left
+    at None it is on for a compiled model on CUDA given ``example_input``. The report is at
+    ``result.spruce_report``."""
+    from .backends.convert import cast_input
+    from .backends.wholemodel import model_tolerance
+    from .compiled import compile_mode, finish_model
+
+    compile_mode(compile)  # a bad value fails before any work
     if cuda_graph and example_input is None:
         raise ValueError("cuda_graph=True needs example_input: the graph is captured for "
                          "its shapes")
@@ -40,25 +48,25 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
         from .auto import convert_auto
 
         fast = convert_auto(model, dtype=dtype, example_input=example_input, verify=verify,
-                            **options)
+                            compile=compile, **options)
     else:
         fast = convert_with(model, backend, dtype=dtype, example_input=example_input,
                             verify=verify, **options)
-    if not cuda_graph:
-        return fast
-    from .backends.convert import cast_input
-    from .graphs import CudaGraphModule
-
-    first = next(t for t in [*fast.parameters(), *fast.buffers()] if t.is_floating_point())
-    return CudaGraphModule(fast, cast_input(example_input, dtype or first.dtype, first.device))
+    first = next((t for t in [*fast.parameters(), *fast.buffers()] if t.is_floating_point()),
+                 None)
+    dt = dtype if dtype is not None else (first.dtype if first is not None else torch.float32)
+    from .backends.convert import as_dtype
+    dt = as_dtype(dt)
+    example = None if example_input is None else cast_input(
+        example_input, dt, first.device if first is not None else torch.device("cpu"))
+    return finish_model(fast, compile, cuda_graph, example, model_tolerance(dt))
 
 
 def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write a pruned or converted model to ``path`` as safetensors (atomically)."""
-    from .graphs import CudaGraphModule
+    from .compiled import unwrap
 
-    if isinstance(model, CudaGraphModule):  # the graph is not saved; the model is
-        model = model.module
+    model = unwrap(model)  # a CUDA graph or compiled code is not saved; the model is
     if converted_io.is_converted(model):
         if compacted_io.is_compacted(model):  # converted after compaction: keep the shapes
             extra = {**(extra or {}), "compaction": compacted_io.layer_shapes(model)}

@@ -9,7 +9,8 @@ go back to dense, see ``backends.wholemodel``). Then it is timed against its den
 inputs built from ``example_input`` itself (its rows rotated: same dtypes, ranges and
 token ids, never invented ones); if it is slower, the layers with the smallest measured gain
 go back to dense (all of them, if need be) and are reported. A pruned model is never
-slower than dense on what was measured.
+slower than dense on what was measured. With ``compile`` both are compiled by Inductor (and
+replayed as CUDA graphs on a GPU), so the bar is compiled dense (``spruce.auto_model``).
 
 Choices are cached in a plan file (JSON) keyed by device name, torch version, dtype,
 layer and input shapes and a fingerprint of the mask, so converting the same model again
@@ -37,7 +38,6 @@ from .backends.convert import (
     Target,
     _accepted,
     build_module,
-    cast_input,
     finish,
     option_names,
     prepare,
@@ -45,7 +45,7 @@ from .backends.convert import (
 from .backends.dense import Dense
 from .backends.wholemodel import bypass_reason
 from .bench.env import device_name
-from .bench.timing import make_inputs, rotation_size, time_fn
+from .bench.timing import make_inputs, time_fn
 from .errors import SpruceError
 from .fileformat import check_plan
 from .io import atomic_write_text
@@ -117,11 +117,14 @@ def mask_fingerprint(mask: torch.Tensor | None) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
 
-def layer_key(env: dict[str, str], t: Target) -> str:
+def layer_key(env: dict[str, str], t: Target, graph: bool = False) -> str:
+    """What a layer's choice depends on; ``graph``: its candidates were timed as CUDA
+    graphs (how a compiled model runs), so an eager plan is not reused for it."""
     shape = list(t.input_shape) if t.input_shape is not None else None
     return "|".join([env["device_name"], env["torch"], env["dtype"], type(t.layer).__name__,
                      str(list(t.layer.weight.shape)), str(shape), mask_fingerprint(t.mask)]
-                    + (["channels_last"] if t.channels_last else []))
+                    + (["channels_last"] if t.channels_last else [])
+                    + (["graph"] if graph else []))
 
 
 def candidates(t: Target, dtype: torch.dtype, device: torch.device,
@@ -140,10 +143,11 @@ def candidates(t: Target, dtype: torch.dtype, device: torch.device,
 
 
 def _time(fn, example: Any, dtype: torch.dtype, device: torch.device, timing: AutoTiming,
-          probe: bool = False, inputs: list | None = None) -> float:
+          probe: bool = False, inputs: list | None = None, graph: bool = False) -> float:
     """Median ms of ``fn`` on random inputs shaped like ``example`` (``inputs``: already
     made, shared by the candidates of a shape); ``probe``: one warm-up and one timed call,
-    enough to tell a path many times slower than dense."""
+    enough to tell a path many times slower than dense; ``graph``: replayed as a CUDA
+    graph (launch costs gone, as in a compiled model)."""
     inputs = inputs if inputs is not None else make_inputs(example, dtype=dtype, device=device)
     call = (lambda x: fn(**x)) if isinstance(inputs[0], dict) else \
         (lambda x: fn(*x)) if isinstance(inputs[0], tuple) else fn
@@ -151,7 +155,8 @@ def _time(fn, example: Any, dtype: torch.dtype, device: torch.device, timing: Au
         return time_fn(call, inputs, device=device, warmup=1, min_runs=1,
                        min_time_s=0.0).median_ms
     return time_fn(call, inputs, device=device, warmup=timing.warmup, min_runs=timing.min_runs,
-                   min_time_s=timing.min_time_s, max_time_s=timing.max_time_s).median_ms
+                   min_time_s=timing.min_time_s, max_time_s=timing.max_time_s,
+                   cuda_graph=graph and device.type == "cuda").median_ms
 
 
 _INPUT_CACHE_BYTES = 2 << 30
@@ -173,7 +178,7 @@ def _inputs_for(cache: dict[tuple, list], shape: tuple, dtype, device,
 
 
 def _measure(t: Target, choice: LayerChoice, dtype, device, options, timing: AutoTiming,
-             margin: float, inputs: list) -> dict[str, nn.Module]:
+             margin: float, inputs: list, graph: bool = False) -> dict[str, nn.Module]:
     """Build and time every candidate (dense first); set ``choice``; return the built
     modules. A candidate whose probe call is ``timing.abandon`` × slower than dense keeps
     that probe time (listed in ``choice.probed``) — it cannot win by a margin."""
@@ -191,7 +196,7 @@ def _measure(t: Target, choice: LayerChoice, dtype, device, options, timing: Aut
                     choice.probed.append(b.name)
                     continue
             choice.times_ms[b.name] = _time(built[b.name], shape, dtype, device, timing,
-                                            inputs=inputs)
+                                            inputs=inputs, graph=graph)
         except (RuntimeError, ValueError, NotImplementedError) as e:
             choice.errors[b.name] = f"{type(e).__name__}: {e}"
             built.pop(b.name, None)
@@ -255,8 +260,15 @@ def _check_auto_options(options: dict[str, Any]) -> None:
 def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_input: Any = None,
                  verify: bool = True, plan: str | os.PathLike | None = None,
                  margin: float = 0.05, timing: AutoTiming | None = None,
-                 check_model: bool = True, **options: Any) -> nn.Module:
-    """See the module docstring. ``plan``: a JSON path to reuse and (re)write."""
+                 check_model: bool = True, compile: bool | str = False,
+                 **options: Any) -> nn.Module:
+    """See the module docstring. ``plan``: a JSON path to reuse and (re)write.
+    ``compile``: the model will run compiled (see :mod:`spruce.compiled`): on a GPU each
+    candidate is timed as a CUDA graph, and the whole-model check compiles both models."""
+    from .auto_model import check_model as whole_model_check
+    from .compiled import compile_mode
+
+    mode = compile_mode(compile)
     if example_input is None:
         raise ValueError("backend='auto' needs example_input: it times each candidate backend "
                          "on the input shape every layer really sees, on this device and dtype")
@@ -264,6 +276,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
     timing = timing or AutoTiming()
     new, device, dtype, targets = prepare(model, dtype, example_input,
                                           options.get("groups_from", "mask"))
+    graph = mode is not None and device.type == "cuda"
     env = {"device_name": device_name(device), "torch": torch.__version__,
            "dtype": dtype_name(dtype)}
     cached = _cached_plan(plan, env)
@@ -274,7 +287,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
     inputs: dict[tuple, list] = {}  # random inputs by shape, drawn once (on the CPU: slow)
     measured = False
     for t in targets:
-        choice = LayerChoice(t.name, layer_key(env, t),
+        choice = LayerChoice(t.name, layer_key(env, t, graph),
                              [t.layer.weight.shape[0], t.layer.weight[0].numel()],
                              list(t.input_shape) if t.input_shape is not None else None)
         old = cached.layers.get(t.name) if cached else None
@@ -289,15 +302,15 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
         else:
             built = _measure(t, choice, dtype, device, options, timing, margin,
                              _inputs_for(inputs, tuple(t.input_shape), dtype, device,
-                                         t.channels_last))
+                                         t.channels_last), graph)
             modules[t.name] = built[choice.choice]
             measured = True
         result.layers[t.name] = choice
     fast = _assemble(new, targets, modules, result, dtype, device, verify, example_input)
     _sync_sent_back(fast, result, targets, modules, options)
     if check_model and measured:  # a plan reused whole was checked when it was made
-        fast = _check_model(model, fast, targets, modules, result, dtype, device, verify,
-                            example_input, timing, options)
+        fast = whole_model_check(model, fast, targets, modules, result, dtype, device,
+                                 verify, example_input, timing, options, mode)
     if plan is not None:
         result.save(plan)
     fast.spruce_plan = result
@@ -324,77 +337,3 @@ def _sync_sent_back(fast: nn.Module, result: Plan, targets, modules, options) ->
             c.errors[WHOLE] = f"{c.choice}: {row.reason}"
             c.choice, c.reverted = "dense", True
             modules[row.name] = build_module(Dense, by_name[row.name], options)
-
-
-def example_batches(example: Any, dtype: torch.dtype, device: torch.device) -> list:
-    """Inputs to time a whole model on, built from ``example`` itself: copies whose rows
-    (dim 0, when every tensor shares it) are rotated, so the buffers differ while dtypes,
-    value ranges and token ids stay the user's."""
-    x = cast_input(example, dtype, device)
-    leaves = [t for t in _leaves(x) if isinstance(t, torch.Tensor)]
-    rows = {t.shape[0] for t in leaves if t.dim() > 0}
-    nbytes = sum(t.numel() * t.element_size() for t in leaves)
-    n = rotation_size(nbytes, device)
-    shift = rows.pop() if len(rows) == 1 and all(t.dim() > 0 for t in leaves) else 1
-    return [_map(x, lambda t, i=i: t.roll(i % shift, 0).clone()) for i in range(n)]
-
-
-def _leaves(x: Any) -> list:
-    if isinstance(x, dict):
-        return [v for y in x.values() for v in _leaves(y)]
-    if isinstance(x, (tuple, list)):
-        return [v for y in x for v in _leaves(y)]
-    return [x]
-
-
-def _map(x: Any, fn) -> Any:
-    if isinstance(x, dict):
-        return {k: _map(v, fn) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_map(v, fn) for v in x)
-    return fn(x) if isinstance(x, torch.Tensor) else x
-
-
-def _check_model(model, fast, targets, modules, result: Plan, dtype, device, verify,
-                 example_input, timing, options) -> nn.Module:
-    """Time the whole model against its dense twin; while it is slower, send the half of
-    the sparse layers with the least measured gain back to dense."""
-    dense_modules = {t.name: build_module(Dense, t, options) for t in targets}
-
-    def rebuild(check: bool) -> nn.Module:
-        new, _, _, ts = prepare(model, dtype, example_input, options.get("groups_from", "mask"))
-        mods = {t.name: (dense_modules[t.name] if result.layers[t.name].choice == "dense"
-                         else modules[t.name]) for t in ts}
-        return _assemble(new, ts, mods, result, dtype, device, check)
-
-    saved = {n: c.choice for n, c in result.layers.items()}
-    for c in result.layers.values():
-        c.choice = "dense"
-    dense_model = rebuild(check=False)
-    for n, c in result.layers.items():
-        c.choice = saved[n]
-    inputs = example_batches(example_input, dtype, device)
-    result.model_ms["dense"] = _time(dense_model, example_input, dtype, device, timing,
-                                     inputs=inputs)
-    try:
-        result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing,
-                                        inputs=inputs)
-    except Exception as e:  # never hand back a model that failed: everything dense
-        for c in result.layers.values():
-            if c.choice != "dense":
-                c.errors[WHOLE] = f"{c.choice}: timing the whole model failed with " \
-                                  f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                c.reverted, c.choice = True, "dense"
-        return rebuild(check=verify)
-    sparse = [c for c in result.layers.values() if c.choice != "dense"]
-    sparse.sort(key=lambda c: c.times_ms["dense"] - c.times_ms[c.choice])  # least gain first
-    reverted = False
-    while sparse and result.model_ms["auto"] > result.model_ms["dense"]:
-        half = sparse[:max(1, len(sparse) // 2)]
-        for c in half:
-            c.reverted, c.choice = True, "dense"
-        sparse, reverted = sparse[len(half):], True
-        fast = rebuild(check=False)
-        result.model_ms["auto"] = _time(fast, example_input, dtype, device, timing,
-                                        inputs=inputs)
-    return rebuild(check=verify) if reverted and verify else fast

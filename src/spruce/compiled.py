@@ -1,0 +1,134 @@
+"""``convert(..., compile=True | "max-autotune")``: the converted model compiled by Inductor.
+
+Users who care about latency run ``torch.compile`` (and CUDA graphs), so that is what a
+converted model must beat, and what it should run as. spruce's modules are plain PyTorch
+in their forward (``index_select`` + ``F.linear``/``F.conv2d`` for the group-wise gather,
+no opaque custom ops, no Python-side caches), so Inductor sees through them: it fuses
+the gather of kept input columns into the kernel that produces the input (a LayerNorm, a
+BatchNorm + ReLU), and when that producer also feeds a residual, one kernel writes both
+the full output and the kept columns on the CPU (``tests/test_compiled.py`` reads
+Inductor's generated code to prove it). On CUDA Inductor may still emit a separate gather
+kernel after a reduction; the benchmarks report what that costs.
+
+``compile``: ``True`` or ``"default"`` (Inductor's default mode), ``"max-autotune"``
+(autotuned GEMMs and convolutions; slower to compile). CUDA graphs are spruce's own
+(:class:`spruce.graphs.CudaGraphModule`), captured over the compiled forward when
+``cuda_graph`` is on — by default whenever the model is on CUDA and ``example_input`` is
+given (shapes are then static).
+
+Compilation happens at conversion when ``example_input`` is given (so its cost is paid
+once, and a failure is reported there), and the compiled outputs are checked against the
+eager converted model's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SpruceError
+
+# spruce's name → Inductor's mode (spruce captures CUDA graphs itself)
+COMPILE_MODES = {"default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def compile_mode(compile: bool | str) -> str | None:
+    """Inductor mode for ``compile`` (None: do not compile); a bad value is refused."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return COMPILE_MODES["default"]
+    if isinstance(compile, str) and compile in COMPILE_MODES:
+        return COMPILE_MODES[compile]
+    raise SpruceError(f"compile={compile!r} is not a compile mode; give False, True or one of "
+                      f"{', '.join(map(repr, COMPILE_MODES))}", field="compile")
+
+
+def call(module: Any, x: Any) -> Any:
+    """``module(x)``: a dict is keyword inputs, a tuple positional ones."""
+    if isinstance(x, dict):
+        return module(**x)
+    return module(*x) if isinstance(x, tuple) else module(x)
+
+
+class CompiledModule(nn.Module):
+    """``module`` run through ``torch.compile``; ``module`` itself stays the eager model
+    (it is what :func:`spruce.save` writes and what ``state_dict`` holds)."""
+
+    def __init__(self, module: nn.Module, mode: str = "default", example_input: Any = None,
+                 tolerance: float | None = None):
+        super().__init__()
+        self.module = module
+        self.mode = mode
+        # kept out of the module tree: its parameters are ``module``'s
+        self.__dict__["_compiled"] = torch.compile(module, mode=mode, dynamic=False)
+        if example_input is not None:
+            self._warm(example_input, tolerance)
+
+    def _warm(self, example: Any, tolerance: float | None) -> None:
+        """Compile now (for ``example``'s shapes) and check the compiled outputs."""
+        with torch.no_grad():
+            ref = _tensors(call(self.module, example))
+            try:
+                out = _tensors(call(self._compiled, example))
+            except Exception as e:  # Inductor failures come in many types
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                raise SpruceError(f"torch.compile failed on this model: {type(e).__name__}: "
+                                  f"{first}; convert with compile=False to run it eagerly",
+                                  field="compile") from e
+        for i, (a, b) in enumerate(zip(out, ref, strict=True)):
+            err = float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+            if tolerance is not None and not err <= tolerance:
+                raise SpruceError(f"the compiled model's output {i} differs from the eager "
+                                  f"converted model's (relative error {err:.2e} > "
+                                  f"{tolerance:.0e}); convert with compile=False",
+                                  field="compile")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._compiled(*args, **kwargs)
+
+    @property
+    def spruce_report(self):  # the wrapped model's conversion report
+        return self.module.spruce_report
+
+    @property
+    def spruce_plan(self):  # auto's plan, when the wrapped model has one
+        return self.module.spruce_plan
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    from .backends.wholemodel import tensors_of
+    return tensors_of(out)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The eager model under any compiled / CUDA-graph wrappers spruce put around it."""
+    from .graphs import CudaGraphModule
+
+    while isinstance(model, (CompiledModule, CudaGraphModule)):
+        model = model.module
+    return model
+
+
+def finish_model(fast: nn.Module, compile: bool | str, cuda_graph: bool | None,
+                 example: Any, tolerance: float) -> nn.Module:
+    """``fast`` compiled (``compile``) and/or captured as a CUDA graph (``cuda_graph``;
+    None: captured when compiled on CUDA with an example input), as convert promises."""
+    from .graphs import CudaGraphModule
+
+    mode = compile_mode(compile)
+    on_cuda = any(t.is_cuda for t in [*fast.parameters(), *fast.buffers()])
+    if cuda_graph is None:
+        cuda_graph = mode is not None and on_cuda and example is not None
+    if cuda_graph and example is None:
+        raise ValueError("cuda_graph=True needs example_input: the graph is captured for "
+                         "its shapes")
+    if cuda_graph and not torch.cuda.is_available():
+        raise ValueError("cuda_graph=True needs CUDA; this machine has none")
+    if mode is not None:
+        fast = CompiledModule(fast, mode, example, tolerance)
+    if cuda_graph:
+        fast = CudaGraphModule(fast, example)
+    return fast

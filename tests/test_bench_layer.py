@@ -20,7 +20,8 @@ from spruce.bench.presets import (
 )
 from spruce.bench.sweep import TimingConfig, pattern_cases
 
-FAST = LayerOptions(timing=TimingConfig(warmup=1, min_runs=3, min_time_s=0.005, threads=1))
+FAST = LayerOptions(timing=TimingConfig(warmup=1, min_runs=3, min_time_s=0.005, threads=1),
+                    baselines=("dense",))  # eager dense only: most tests are about the rest
 TINY_LINEAR = LinearShape("tiny-linear", in_features=48, out_features=32, tokens=16)
 TINY_CONV = ConvShape("tiny-conv", in_channels=8, out_channels=16, kernel=3, stride=1,
                       padding=1, hw=8, batch=2)
@@ -184,3 +185,19 @@ def test_block_tile_is_clamped_to_small_layers():
     assert _by(rows, pattern="block")[0].extra["pattern_spec"]["block"] == [32, 32]  # fits
     rows = bench_layer(TINY_CONV, ["block"], [0.5], backends=["groupwise"], options=options)
     assert _by(rows, pattern="block")[0].extra["pattern_spec"]["block"] == [16, 32]  # 16×72
+
+
+def test_every_dense_path_is_a_baseline_row_and_ratios_are_to_the_fastest():
+    import dataclasses
+
+    opts = dataclasses.replace(FAST, baselines=None, steps=False, ideal=False)
+    rows = bench_layer(TINY_LINEAR, ["group"], [0.5], backends=["groupwise"], options=opts)
+    dense = [r for r in rows if r.pattern is None]
+    assert [r.backend for r in dense] == ["dense", "dense·compiled"]  # no CUDA graph on a CPU
+    assert all(r.error is None and r.extra["path"] == r.backend for r in dense)
+    best = min(dense, key=lambda r: r.median_ms)
+    assert best.ratio_to_dense == pytest.approx(1.0)
+    assert all(r.extra["baseline"] == best.backend for r in dense)
+    sparse = [r for r in rows if r.backend == "groupwise"]
+    assert sparse and sparse[0].ratio_to_dense == pytest.approx(sparse[0].median_ms
+                                                                / best.median_ms)

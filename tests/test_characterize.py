@@ -252,7 +252,15 @@ def test_bench_model_runs_bert_on_dict_inputs_with_the_accuracy_hook():
     rows = bench_model("bert_base", ["group"], [0.5], backends=["groupwise"], batch=2,
                        options=ModelOptions(timing=FAST, zoo_kwargs=tiny_bert),
                        evaluate=lambda module: seen.append(module) or 0.75)
-    assert [r.backend for r in rows] == ["dense", "groupwise"]
+    # every dense path the CPU has, then the pruned model; ratios against the fastest dense
+    assert [r.backend for r in rows] == ["dense", "dense·compiled", "groupwise"]
     assert all(r.error is None and r.input_shape == [2, 128] for r in rows)
-    assert rows[1].param_ratio == pytest.approx(0.5, abs=0.01)
-    assert [r.extra["accuracy"] for r in rows] == [0.75, 0.75] and len(seen) == 2
+    best = min(rows[:2], key=lambda r: r.median_ms)
+    assert rows[2].extra["baseline"] == best.backend == rows[0].extra["baseline"]
+    assert rows[2].ratio_to_dense == pytest.approx(rows[2].median_ms / best.median_ms)
+    assert rows[2].extra["ratio_to_eager"] == pytest.approx(rows[2].median_ms
+                                                            / rows[0].median_ms)
+    assert min(r.ratio_to_dense for r in rows[:2]) == pytest.approx(1.0)
+    assert rows[1].extra["compile_s"] > 0
+    assert rows[2].param_ratio == pytest.approx(0.5, abs=0.01)
+    assert [r.extra["accuracy"] for r in rows] == [0.75] * 3 and len(seen) == 2

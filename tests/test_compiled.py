@@ -69,9 +69,55 @@ def test_auto_with_compile_times_compiled_models_and_is_right():
     fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FAST)
     assert isinstance(fast, CompiledModule)
     plan = fast.spruce_plan
-    assert set(plan.model_ms) == {"dense", "auto"}
-    assert plan.model_ms["auto"] <= plan.model_ms["dense"] or \
-        all(c.choice == "dense" for c in plan.layers.values())
+    if any(c.choice != "dense" for c in plan.layers.values()):  # both timed compiled
+        assert {"dense", "auto"} <= set(plan.model_ms)
+        assert plan.model_ms["auto"] <= plan.model_ms["dense"]
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_with_compile_reverts_a_slower_compiled_model(monkeypatch):
+    """auto's pick is groupwise everywhere, then the whole model is timed compiled: slower
+    than compiled dense, the layers go back to dense (at most two halving rounds)."""
+    import spruce.auto as auto
+    import spruce.auto_model as auto_model
+
+    model, x = small("group")
+    monkeypatch.setattr(auto, "pick", lambda times, margin: "groupwise")
+    timed, real = [], auto._time
+
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, graph=False):
+        if isinstance(example, tuple):  # one layer's candidates
+            return real(fn, example, dtype, device, timing, probe, inputs, graph)
+        timed.append(fn)
+        return 1.0 if len(timed) == 1 else 2.0  # compiled dense 1 ms, every auto try 2 ms
+    monkeypatch.setattr(auto, "_time", fake)
+    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FAST)
+    assert all(isinstance(f, CompiledModule) for f in timed)  # every whole-model time
+    assert len(timed) == 1 + 1 + auto_model.COMPILED_ROUNDS  # dense, auto, then rounds
+    plan = fast.spruce_plan
+    assert all(c.choice == "dense" and c.reverted for c in plan.layers.values())
+    assert plan.model_ms["auto"] == plan.model_ms["dense"] == 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_with_compile_hands_back_the_model_it_timed(monkeypatch):
+    import spruce.auto as auto
+
+    model, x = small("group")
+    monkeypatch.setattr(auto, "pick", lambda times, margin: "groupwise")
+    real, timed = auto._time, []
+
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, graph=False):
+        if isinstance(example, tuple):
+            return real(fn, example, dtype, device, timing, probe, inputs, graph)
+        timed.append(fn)
+        return 2.0 if len(timed) == 1 else 1.0  # auto beats dense: kept as timed
+    monkeypatch.setattr(auto, "_time", fake)
+    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FAST)
+    assert fast is timed[1]  # the compiled model that was timed, not a second compile
+    assert {r.backend for r in fast.spruce_report.rows} == {"groupwise"}
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 
@@ -129,3 +175,61 @@ def test_inductor_fuses_the_gather_into_the_norm(residual):
     got = out[0] if residual else out
     want = ref[0] if residual else ref
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["groupwise", "dense", "auto"])
+def test_compiled_on_cuda_is_captured_or_not_by_measurement(backend):
+    from spruce.graphs import CudaGraphModule
+
+    model, x = small("group")
+    model, x = model.cuda(), x.cuda()
+    extra = {"timing": FAST} if backend == "auto" else {}
+    fast = spruce.convert(model, backend, dtype=torch.float16, example_input=x, compile=True,
+                          **extra)
+    times = fast.spruce_graph_ms
+    assert set(times) == {"graph", "no graph"}
+    assert isinstance(fast, CudaGraphModule) == (times["graph"] <= times["no graph"])
+    assert isinstance(unwrap(fast), nn.Sequential)
+    with torch.no_grad():
+        out, ref = fast(x).float(), model(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_compiled_fp16_groupwise_bert_layer_on_cuda_matches():
+    model = NormThenPruned(residual=True).cuda().eval()
+    spruce.prune(model, "group", 0.5, exclude=["norm"])
+    x = torch.randn(64, 64, device="cuda")
+    fast = spruce.convert(model, "groupwise", dtype=torch.float16, example_input=x,
+                          compile=True, cuda_graph=True)
+    with torch.no_grad():
+        y, h = fast(x)
+        ry, rh = model(x)
+    assert ((y.float() - ry).norm() / ry.norm()).item() < 2e-2
+    assert ((h.float() - rh).norm() / rh.norm()).item() < 2e-2
+
+
+def test_auto_with_compile_tries_every_layer_sparse_as_a_whole(monkeypatch):
+    """Per layer, dense wins (the gather is paid alone); compiled as a whole, the all-sparse
+    model is faster: auto hands that back and the plan records both times."""
+    import spruce.auto as auto
+
+    model, x = small("group")
+    monkeypatch.setattr(auto, "pick", lambda times, margin: "dense")
+    real, timed = auto._time, []
+
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, graph=False):
+        if isinstance(example, tuple):
+            return real(fn, example, dtype, device, timing, probe, inputs, graph)
+        timed.append(fn)
+        return {1: 2.0, 2: 1.0}[len(timed)]  # dense (= the per-layer choices), all sparse
+    monkeypatch.setattr(auto, "_time", fake)
+    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FAST)
+    plan = fast.spruce_plan
+    assert plan.model_ms == {"dense": 2.0, "auto": 1.0, "all sparse": 1.0, "per layer": 2.0}
+    assert {c.choice for c in plan.layers.values()} == {"groupwise"}
+    assert {r.backend for r in fast.spruce_report.rows} == {"groupwise"}
+    assert fast is timed[1]
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

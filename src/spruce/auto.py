@@ -284,6 +284,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
         _check_plan_shapes(cached, targets, plan)
     result = Plan(**env, model_ms=dict(cached.model_ms) if cached else {})
     modules: dict[str, nn.Module] = {}
+    sparse: dict[str, tuple[str, nn.Module]] = {}  # compiled: each layer's fastest sparse
     inputs: dict[tuple, list] = {}  # random inputs by shape, drawn once (on the CPU: slow)
     measured = False
     for t in targets:
@@ -305,16 +306,32 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
                                          t.channels_last), graph)
             modules[t.name] = built[choice.choice]
             measured = True
+            if mode is not None:
+                sparse.update(_fastest_sparse(t.name, choice, built))
         result.layers[t.name] = choice
     fast = _assemble(new, targets, modules, result, dtype, device, verify, example_input)
     _sync_sent_back(fast, result, targets, modules, options)
     if check_model and measured:  # a plan reused whole was checked when it was made
         fast = whole_model_check(model, fast, targets, modules, result, dtype, device,
-                                 verify, example_input, timing, options, mode)
+                                 verify, example_input, timing, options, mode, sparse)
     if plan is not None:
         result.save(plan)
     fast.spruce_plan = result
     return fast
+
+
+def _fastest_sparse(name: str, choice: LayerChoice, built: dict[str, nn.Module]
+                    ) -> dict[str, tuple[str, nn.Module]]:
+    """{name: (backend, module)} of the layer's fastest sparse candidate that was fully
+    timed (none: {}). A compiled model may fuse what a layer timed alone pays for (the
+    gather of kept columns into the kernel that produced them), so the whole-model check
+    also tries these."""
+    timed = {b: ms for b, ms in choice.times_ms.items()
+             if b != "dense" and b in built and b not in choice.probed}
+    if not timed:
+        return {}
+    best = min(timed, key=timed.get)
+    return {name: (best, built[best])}
 
 
 def _assemble(new, targets, modules, result: Plan, dtype, device, verify,

@@ -15,6 +15,7 @@ from torch import nn
 
 from .backends.convert import build_module, cast_input, prepare
 from .backends.dense import Dense
+from .backends.wholemodel import model_tolerance
 from .bench.timing import rotation_size
 
 COMPILED_ROUNDS = 2   # compiled: halve the sparse layers at most this often, then all dense
@@ -50,11 +51,15 @@ def _map(x: Any, fn) -> Any:
 
 
 def check_model(model, fast, targets, modules, result, dtype, device, verify, example_input,
-                timing, options, mode: str | None = None) -> nn.Module:
+                timing, options, mode: str | None = None,
+                sparse: dict[str, tuple[str, nn.Module]] | None = None) -> nn.Module:
     """Time the whole model against its dense twin (compiled with Inductor ``mode`` when
     given, and replayed as a CUDA graph on a GPU); while it is slower, send the half of the
-    sparse layers with the least measured gain back to dense. ``result`` (the plan) gets
-    the end-to-end times and every reversion; the eager converted model is returned."""
+    sparse layers with the least measured gain back to dense. Compiled, ``sparse`` (each
+    layer's fastest sparse candidate) is tried too, as a whole: Inductor fuses work that a
+    layer timed alone pays for, so it may win where the per-layer choices said dense.
+    ``result`` (the plan) gets the end-to-end times and every change; the eager converted
+    model is returned."""
     from .auto import WHOLE, _assemble, _time
     from .compiled import CompiledModule
 
@@ -68,9 +73,23 @@ def check_model(model, fast, targets, modules, result, dtype, device, verify, ex
                          else modules[t.name]) for t in ts}
         return _assemble(new, ts, mods, result, dtype, device, check)
 
+    compiled: dict[int, CompiledModule] = {}
+
     def timed(m: nn.Module) -> float:
-        run = m if mode is None else CompiledModule(m, mode, example)
+        run = m if mode is None else CompiledModule(m, mode, example, model_tolerance(dtype))
+        if mode is not None:  # what is handed back may be one of these: not compiled twice
+            compiled[id(m)] = run
         return _time(run, example_input, dtype, device, timing, inputs=inputs, graph=graph)
+
+    def handed(m: nn.Module) -> nn.Module:
+        """``m``, carrying its compiled twin when that was built (not compiled twice)."""
+        if id(m) in compiled:
+            m.__dict__["_spruce_compiled"] = compiled[id(m)]
+        return m
+
+    if mode is not None and not sparse and \
+            all(c.choice == "dense" for c in result.layers.values()):
+        return fast  # every layer dense already: it is its dense twin, nothing to compare
 
     saved = {n: c.choice for n, c in result.layers.items()}
     for c in result.layers.values():
@@ -81,7 +100,8 @@ def check_model(model, fast, targets, modules, result, dtype, device, verify, ex
     inputs = example_batches(example_input, dtype, device)
     result.model_ms["dense"] = timed(dense_model)
     try:
-        result.model_ms["auto"] = timed(fast)
+        every_dense = all(c.choice == "dense" for c in result.layers.values())
+        result.model_ms["auto"] = result.model_ms["dense"] if every_dense else timed(fast)
     except Exception as e:  # never hand back a model that failed: everything dense
         for c in result.layers.values():
             if c.choice != "dense":
@@ -89,6 +109,8 @@ def check_model(model, fast, targets, modules, result, dtype, device, verify, ex
                                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 c.reverted, c.choice = True, "dense"
         return rebuild(check=verify)
+    if mode is not None and sparse:
+        fast = _try_all_sparse(fast, sparse, modules, result, timed, rebuild, verify)
     sparse = [c for c in result.layers.values() if c.choice != "dense"]
     sparse.sort(key=lambda c: c.times_ms["dense"] - c.times_ms[c.choice])  # least gain first
     reverted, rounds = False, 0
@@ -107,4 +129,29 @@ def check_model(model, fast, targets, modules, result, dtype, device, verify, ex
             result.model_ms["auto"] = result.model_ms["dense"]
             break
         result.model_ms["auto"] = timed(fast)
-    return rebuild(check=verify) if reverted and verify else fast
+    return rebuild(check=verify) if reverted and verify else handed(fast)
+
+
+def _try_all_sparse(fast, sparse, modules, result, timed, rebuild, verify) -> nn.Module:
+    """Every layer on its fastest sparse candidate, timed as a whole (compiled); kept when
+    it beats the per-layer choices (the plan records both times)."""
+    before = {n: (c.choice, modules[n]) for n, c in result.layers.items()}
+    if all(result.layers[n].choice == b for n, (b, _) in sparse.items()):
+        return fast  # the per-layer choices are that already
+    for n, (b, m) in sparse.items():
+        result.layers[n].choice, modules[n] = b, m
+    candidate = rebuild(check=verify)
+    if any(r.reason is not None and r.backend == "dense" and result.layers[r.name].choice
+           != "dense" for r in candidate.spruce_report.rows):  # the model check refused some
+        for n, (b, m) in before.items():
+            result.layers[n].choice, modules[n] = b, m
+        return fast
+    ms = timed(candidate)
+    result.model_ms["all sparse"] = ms
+    if ms < result.model_ms["auto"]:
+        result.model_ms["per layer"] = result.model_ms["auto"]
+        result.model_ms["auto"] = ms
+        return candidate
+    for n, (b, m) in before.items():
+        result.layers[n].choice, modules[n] = b, m
+    return fast

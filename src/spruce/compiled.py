@@ -13,8 +13,9 @@ kernel after a reduction; the benchmarks report what that costs.
 ``compile``: ``True`` or ``"default"`` (Inductor's default mode), ``"max-autotune"``
 (autotuned GEMMs and convolutions; slower to compile). CUDA graphs are spruce's own
 (:class:`spruce.graphs.CudaGraphModule`), captured over the compiled forward when
-``cuda_graph`` is on — by default whenever the model is on CUDA and ``example_input`` is
-given (shapes are then static).
+``cuda_graph=True``; left at None, a compiled model on CUDA given ``example_input`` is
+captured unless replaying the graph is measured slower than not (both are timed on the
+example; the times are at ``result.spruce_graph_ms``).
 
 Compilation happens at conversion when ``example_input`` is given (so its cost is paid
 once, and a failure is reported there), and the compiled outputs are checked against the
@@ -120,15 +121,37 @@ def finish_model(fast: nn.Module, compile: bool | str, cuda_graph: bool | None,
 
     mode = compile_mode(compile)
     on_cuda = any(t.is_cuda for t in [*fast.parameters(), *fast.buffers()])
+    measure_graph = cuda_graph is None and mode is not None and on_cuda and example is not None
     if cuda_graph is None:
-        cuda_graph = mode is not None and on_cuda and example is not None
+        cuda_graph = False
     if cuda_graph and example is None:
         raise ValueError("cuda_graph=True needs example_input: the graph is captured for "
                          "its shapes")
     if cuda_graph and not torch.cuda.is_available():
         raise ValueError("cuda_graph=True needs CUDA; this machine has none")
+    built = fast.__dict__.pop("_spruce_compiled", None)  # compiled while auto checked it
     if mode is not None:
-        fast = CompiledModule(fast, mode, example, tolerance)
+        fast = built if built is not None and built.mode == mode and built.module is fast \
+            else CompiledModule(fast, mode, example, tolerance)
     if cuda_graph:
         fast = CudaGraphModule(fast, example)
+    elif measure_graph:
+        fast = faster_of_graph_or_not(fast, example)
     return fast
+
+
+def faster_of_graph_or_not(fast: nn.Module, example: Any) -> nn.Module:
+    """``fast`` captured as a CUDA graph, unless replaying the graph is measured slower
+    than launching the compiled kernels (some models change what they run while a graph
+    is captured: attention masks materialised, a slower attention kernel chosen)."""
+    from .bench.timing import time_fn
+    from .graphs import CudaGraphModule
+
+    graphed = CudaGraphModule(fast, example)
+    device = next(t.device for t in [*fast.parameters(), *fast.buffers()])
+    knobs = dict(device=device, warmup=2, min_runs=10, min_time_s=0.05)
+    plain_ms = time_fn(lambda x: call(fast, x), [example], **knobs).median_ms
+    graph_ms = time_fn(lambda x: call(graphed, x), [example], **knobs).median_ms
+    chosen = graphed if graph_ms <= plain_ms else fast
+    chosen.__dict__["spruce_graph_ms"] = {"graph": graph_ms, "no graph": plain_ms}
+    return chosen

@@ -84,3 +84,7 @@ class CudaGraphModule(nn.Module):
     @property
     def spruce_report(self):  # the wrapped model's conversion report
         return self.module.spruce_report
+
+    @property
+    def spruce_plan(self):  # auto's plan, when the wrapped model has one
+        return self.module.spruce_plan

@@ -32,9 +32,9 @@ from .. import convert, density_of, prune
 from ..backends.groupwise import GroupwiseConv2d, GroupwiseLinear
 from ..view import view_shape
 from .presets import Shape, get_shape
+from .baseline import best_dense, dense_rows
 from .records import MEASURE_ERRORS, Record, ResultsWriter, describe_error, dtype_name, measure
 from .sweep import (
-    BASELINE,
     DEFAULT_BLOCK,
     IDEAL,
     PatternCase,
@@ -48,7 +48,6 @@ from .sweep import (
     pattern_cases,
     torch_dtype,
     unavailable,
-    with_unit_ratio,
 )
 from .timing import make_inputs, rotation_size
 
@@ -68,6 +67,8 @@ class LayerOptions:
     rotation: int | None = None              # input buffers; None: enough to beat the cache
     ideal: bool = True                       # time the group-wise floor ("ideal" rows)
     steps: bool = True                       # time the group-wise steps (kind="step" rows)
+    baselines: tuple[str, ...] | None = None  # dense paths to time (spruce.bench.baseline);
+    #                                          None: every one the device has
     backend_options: dict = field(default_factory=dict, hash=False)  # {"groupwise": {...}}
 
 
@@ -94,13 +95,15 @@ def bench_layer(shape: str | Shape, patterns: Sequence[str] = ALL_PATTERNS,
     common = dict(kind="layer", device=dev, dtype=dtype_name(dt), **options.timing.kwargs())
     extra = {"shape": shape.describe(), "layer": shape.kind}
     dense_layer = copy.deepcopy(layer).to(device=dev, dtype=dt).eval().requires_grad_(False)
-    dense = measure(shape.name, dense_layer, inputs, backend=BASELINE, param_ratio=1.0,
-                    extra=dict(extra), **common)
-    sink.emit(with_unit_ratio(dense))
+    rows = dense_rows(shape.name, dense_layer, inputs, paths=options.baselines,
+                      param_ratio=1.0, extra=dict(extra), **common)
+    for r in rows:
+        sink.emit(r)
     sink.case_done(f"{shape.name}: dense")
+    best = best_dense(rows)
     for case in cases:
-        _bench_case(shape, layer, case, inputs, dense.median_ms, requested, options, sink,
-                    common, extra)
+        _bench_case(shape, layer, case, inputs, best[1] if best else None, requested, options,
+                    sink, common, extra)
         sink.case_done(f"{shape.name}: {case.label} kept {case.density:g}")
     return sink.records
 

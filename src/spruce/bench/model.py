@@ -28,9 +28,9 @@ from torch import nn
 
 from .. import convert, density_of, prune, zoo
 from ..view import prunable_layers, view_shape
+from .baseline import best_dense, dense_rows, eager_dense
 from .records import MEASURE_ERRORS, Record, ResultsWriter, describe_error, dtype_name, measure
 from .sweep import (
-    BASELINE,
     DEFAULT_BLOCK,
     PatternCase,
     Sink,
@@ -43,7 +43,6 @@ from .sweep import (
     pattern_cases,
     torch_dtype,
     unavailable,
-    with_unit_ratio,
 )
 from .timing import make_inputs
 
@@ -66,6 +65,9 @@ class ModelOptions:
     exclude: tuple[str, ...] = ()            # module-name globs never pruned
     rotation: int | None = None              # input buffers; None: enough to beat the cache
     verify: bool = True                      # check converted layers against the reference
+    baselines: tuple[str, ...] | None = None  # dense paths to time (spruce.bench.baseline);
+    #                                          None: every one the device has
+    compile: bool | str = False              # convert(..., compile=): time compiled models
     backend_options: dict = field(default_factory=dict, hash=False)  # {"groupwise": {...}}
     zoo_kwargs: dict = field(default_factory=dict, hash=False)  # to zoo.build: a smaller
     #                                                             ViT (depth=2, dim=128), ...
@@ -103,13 +105,16 @@ def bench_model(model: str | nn.Module, patterns: Sequence[str],
                          seed=options.seed)
     common = dict(kind="model", device=dev, dtype=dtype_name(dt), **options.timing.kwargs())
     base = subject.fresh().to(device=dev, dtype=dt).eval().requires_grad_(False)
-    dense = measure(subject.name, _caller(base), inputs, backend=BASELINE, param_ratio=1.0,
-                    extra=_evaluated(base, evaluate, subject.extra), **common)
-    sink.emit(with_unit_ratio(dense))
+    rows = dense_rows(subject.name, base, inputs, paths=options.baselines, param_ratio=1.0,
+                      extra=_evaluated(base, evaluate, subject.extra), **common)
+    for r in rows:
+        sink.emit(r)
     sink.case_done(f"{subject.name}: dense")
     del base
+    best = best_dense(rows)
+    baseline = Baseline(best[0], best[1], eager_dense(rows)) if best else None
     for case in cases:
-        _bench_case(subject, case, inputs, dense.median_ms, requested, options, evaluate,
+        _bench_case(subject, case, inputs, baseline, requested, options, evaluate,
                     sink, common)
         sink.case_done(f"{subject.name}: {case.label} kept {case.density:g}")
     return sink.records
@@ -134,7 +139,16 @@ def _subject(model: str | nn.Module, batch: int, options: ModelOptions, example_
                      **({"zoo_kwargs": options.zoo_kwargs} if options.zoo_kwargs else {})})
 
 
-def _bench_case(subject: _Subject, case: PatternCase, inputs: list, dense_ms: float | None,
+@dataclass(frozen=True)
+class Baseline:
+    """The fastest dense path of the run (what ratios are against) and eager dense."""
+
+    path: str
+    ms: float
+    eager_ms: float | None
+
+
+def _bench_case(subject: _Subject, case: PatternCase, inputs: list, dense: Baseline | None,
                 requested, options: ModelOptions, evaluate, sink: Sink, common: dict) -> None:
     fields = dict(pattern=case.label, density=case.density, **common)
     extra = dict(subject.extra)
@@ -163,16 +177,17 @@ def _bench_case(subject: _Subject, case: PatternCase, inputs: list, dense_ms: fl
             sink.emit(error_row(subject.name, inputs, f"backend {backend} unavailable: {why}", row,
                              extra))
             continue
-        sink.emit(_bench_backend(subject, net, backend, inputs, dense_ms, options, evaluate,
+        sink.emit(_bench_backend(subject, net, backend, inputs, dense, options, evaluate,
                                  row, extra))
 
 
 def _bench_backend(subject: _Subject, net: nn.Module, backend: str, inputs: list,
-                   dense_ms: float | None, options: ModelOptions, evaluate, row: dict,
+                   dense: Baseline | None, options: ModelOptions, evaluate, row: dict,
                    extra: dict) -> Record:
     try:
         fast = convert(net, backend, dtype=torch_dtype(row["dtype"]),
-                       example_input=_first(inputs[0]), verify=options.verify,
+                       example_input=inputs[0] if options.compile else _first(inputs[0]),
+                       verify=options.verify, compile=options.compile,
                        **options.backend_options.get(backend, {}))
     except MEASURE_ERRORS as e:
         return error_row(subject.name, inputs, f"convert failed: {describe_error(e)}", row, extra)
@@ -184,8 +199,15 @@ def _bench_backend(subject: _Subject, net: nn.Module, backend: str, inputs: list
                          row, extra)
     extra = {**extra, "layers_on_backend": served,
              "layers_fallback_dense": len(report.fallbacks)}
-    return measure(subject.name, _caller(fast), inputs, dense_ms=dense_ms,
-                   extra=_evaluated(fast, evaluate, extra), **row)
+    if options.compile:
+        extra["compiled"] = options.compile
+    if dense is not None:
+        extra["baseline"] = dense.path
+    rec = measure(subject.name, _caller(fast), inputs, dense_ms=dense.ms if dense else None,
+                  extra=_evaluated(fast, evaluate, extra), **row)
+    if dense is not None and dense.eager_ms and rec.median_ms is not None:
+        rec.extra["ratio_to_eager"] = rec.median_ms / dense.eager_ms
+    return rec
 
 
 def _unfit_layers(net: nn.Module, pattern, options: ModelOptions) -> list[str]:

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")   # files only: no display, no GUI toolkit
 import matplotlib.pyplot as plt
 
+from .baseline import best_dense
 from .sweep import BASELINE, IDEAL
 
 PATTERN_ORDER = ("element", "2:4", "block", "group", "channel")
@@ -41,9 +42,10 @@ def ok(row: dict) -> bool:
 
 
 def dense_ms(rows: list[dict]) -> float | None:
-    """The dense baseline's median among ``rows`` (one subject)."""
-    return next((r["median_ms"] for r in rows if ok(r) and r["backend"] == BASELINE
-                 and r["pattern"] is None), None)
+    """The best dense baseline's median among ``rows`` (one subject): the fastest of
+    eager, CUDA graph and compiled dense measured (``spruce.bench.baseline``)."""
+    best = best_dense(rows)
+    return None if best is None else best[1]
 
 
 def pattern_key(pattern: str) -> tuple[int, str]:

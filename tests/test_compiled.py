@@ -191,8 +191,8 @@ def test_compiled_on_cuda_is_captured_or_not_by_measurement(backend):
     assert set(times) == {"graph", "no graph"}
     assert isinstance(fast, CudaGraphModule) == (times["graph"] <= times["no graph"])
     assert isinstance(unwrap(fast), nn.Sequential)
-    with torch.no_grad():
-        out, ref = fast(x).float(), model(x)
+    with torch.no_grad():  # the converted model is fp16: so is its input
+        out, ref = fast(x.half()).float(), model(x)
     assert ((out - ref).norm() / ref.norm()).item() < 2e-2
 
 
@@ -204,7 +204,7 @@ def test_compiled_fp16_groupwise_bert_layer_on_cuda_matches():
     fast = spruce.convert(model, "groupwise", dtype=torch.float16, example_input=x,
                           compile=True, cuda_graph=True)
     with torch.no_grad():
-        y, h = fast(x)
+        y, h = fast(x.half())
         ry, rh = model(x)
     assert ((y.float() - ry).norm() / ry.norm()).item() < 2e-2
     assert ((h.float() - rh).norm() / rh.norm()).item() < 2e-2

@@ -138,6 +138,9 @@ def _slice_one(model: nn.Module, name: str, axis: int, keep: torch.Tensor,
         holder, key = module, attr
     old = getattr(holder, key)
     new = old.detach().index_select(axis, keep.to(old.device))
+    if old.dim() == 4 and old.is_contiguous(memory_format=torch.channels_last) \
+            and not old.is_contiguous():  # keep a channels-last conv weight channels-last
+        new = new.contiguous(memory_format=torch.channels_last)
     touched = []
     for mod, a in owners.get(id(old), [(holder, key)]):
         if isinstance(old, nn.Parameter):

@@ -483,3 +483,13 @@ def test_every_backends_layout_describes_its_state(backend, pattern, kw, make):
     assert all(dt is None and state[k].is_floating_point() or state[k].dtype == dt
                for k, (_, dt) in lay.tensors.items())
     assert b.check_state(module) is None
+
+
+@pytest.mark.parametrize("name", ["converted_csr", "converted_bsr"])
+def test_a_linear_layer_without_its_optional_conv_field_loads(files, tmp_path, name):
+    """``conv`` is optional for a linear layer: without it the file loads the same (it
+    raised a KeyError while building the empty module)."""
+    header = header_of(files[name])
+    del record(header, "head")["converted"]["conv"]
+    path = rewrite(files[name], tmp_path / "noconv.safetensors", header=header)
+    assert loads_same_or_names_file(files[name], path) == "same"

@@ -12,10 +12,10 @@ from torch import nn
 import spruce
 from spruce.errors import SpruceError
 from spruce.fileformat import FORMAT_VERSION, upgrade
+from tests.file_cases import CASES, build_case, pruned_tiny
 from tests.hostile_files_kit import (
     FUZZ,
     HOSTILE,
-    PRUNE,
     example,
     header_of,
     header_paths,
@@ -27,50 +27,13 @@ from tests.hostile_files_kit import (
 from tests.old_format import save_v1
 
 
-def bn_net() -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                             nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
-
-
-def _pruned(pattern: str) -> nn.Module:
-    name, density, kw = PRUNE.get(pattern, (pattern, None, {}))
-    model = tiny()
-    spruce.prune(model, name, density, **kw)
-    return model
-
-
-def _case(case: str) -> tuple[nn.Module, str, callable]:
-    """(model, its v1 kind, the architecture to load into) for each case."""
-    kind, _, rest = case.partition(":")
-    if kind == "masked":
-        return _pruned(rest), "masked", tiny
-    if case == "compacted:bn-folded":
-        model = bn_net()
-        spruce.prune(model, "channel", 0.5, exclude=["4"])
-        return spruce.compact(model, example_input=example(), fold_bn=True), kind, bn_net
-    small = spruce.compact(_pruned("group"), example_input=example())
-    if kind == "compacted":
-        return small, kind, tiny
-    backend, _, after = rest.partition("+")
-    source = small if after == "compacted" else _pruned(
-        {"csr": "element", "bsr": "block", "channel": "channel"}.get(backend, "group"))
-    return spruce.convert(source, backend, example_input=example()), "converted", tiny
-
-
-CASES = ["masked:element", "masked:2:4", "masked:block", "masked:group", "masked:channel",
-         "compacted:group", "compacted:bn-folded", "converted:dense", "converted:groupwise",
-         "converted:channel", "converted:csr", "converted:bsr", "converted:dense+compacted"]
-
-
 def _masks(model: nn.Module) -> dict:
     return {n: spruce.get_mask(layer) for n, layer in spruce.masked_layers(model).items()}
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_version_1_file_loads_equal_to_its_model(case, tmp_path):
-    model, kind, arch = _case(case)
+    model, kind, arch = build_case(case)
     path = save_v1(model, tmp_path / "old.safetensors", kind, extra={"model": "tiny"})
     assert "format_version" not in header_of(path)
     loaded = spruce.load(path, arch())
@@ -91,7 +54,7 @@ def _by_name(header: dict) -> dict:
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_version_1_header_upgrades_to_what_save_writes_now(case, tmp_path):
-    model, kind, _ = _case(case)
+    model, kind, _ = build_case(case)
     old = header_of(save_v1(model, tmp_path / "old.safetensors", kind, {"model": "tiny"}))
     new = header_of(spruce.save(model, tmp_path / "new.safetensors", {"model": "tiny"}))
     up = upgrade(old, "old.safetensors")
@@ -110,7 +73,7 @@ def old_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("old")
     out = {}
     for case in OLD_FUZZED:
-        model, kind, _ = _case(case)
+        model, kind, _ = build_case(case)
         out[case] = save_v1(model, d / f"old_{case.replace(':', '_')}.safetensors", kind)
     return out
 
@@ -170,7 +133,7 @@ def test_malformed_version_1_headers_name_file_and_field(old_files, tmp_path, ca
 
 
 def test_a_newer_format_version_asks_for_a_newer_spruce(tmp_path):
-    model = _pruned("group")
+    model = pruned_tiny("group")
     path = spruce.save(model, tmp_path / "m.safetensors")
     header = {**header_of(path), "format_version": FORMAT_VERSION + 1}
     newer = rewrite(path, tmp_path / "newer.safetensors", header=header)

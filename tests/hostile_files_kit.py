@@ -80,6 +80,11 @@ def header_of(path: Path) -> dict:
         return json.loads(f.metadata()["spruce"])
 
 
+def record(header: dict, name: str) -> dict:
+    """The layer record named ``name`` of a header (``"*"``: the first)."""
+    return next(r for r in header["layers"] if name == "*" or r["name"] == name)
+
+
 def rewrite(src: Path, dst: Path, header=None, tensors=None, raw: str | None = None) -> Path:
     """``src`` with another header (a dict, or ``raw`` text) and/or other tensors."""
     tensors = load_file(str(src)) if tensors is None else tensors

@@ -8,7 +8,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import spruce
-from spruce.compact import compact, load_compacted, save_compacted
+from spruce.compact import compact
 from spruce.compact.core import run
 from spruce.masks import attach, get_mask
 from spruce.structure import ops
@@ -226,13 +226,13 @@ def test_convert_after_compaction(resnet_pair, backend):
 
 def test_save_and_load_compacted(resnet_pair, tmp_path):
     net, small, x = resnet_pair
-    path = save_compacted(small, tmp_path / "small.safetensors")
-    back = load_compacted(path, spruce.zoo.build("resnet18", "cifar10", seed=1))
+    path = spruce.save(small, tmp_path / "small.safetensors")
+    back = spruce.load(path, spruce.zoo.build("resnet18", "cifar10", seed=1))
     assert back.layer1[0].conv1.out_channels == small.layer1[0].conv1.out_channels == 32
     torch.testing.assert_close(run(back, x)[0], run(small, x)[0])
     assert len(back.spruce_compaction.compacted) == len(small.spruce_compaction.compacted)
     with pytest.raises(ValueError, match="compacted from"):
-        load_compacted(path, spruce.zoo.build("vgg16", "cifar10"))
+        spruce.load(path, spruce.zoo.build("vgg16", "cifar10"))
 
 
 def test_converted_compacted_model_saves_and_loads(resnet_pair, tmp_path):

@@ -22,9 +22,10 @@ def test_round_trip_identical_outputs(pattern, density, small_net, small_input, 
     path = spruce.save(small_net, tmp_path / "m.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
     header = read_header(path)
-    assert header["format"] == "masked" and header["version"] == spruce.__version__
-    assert header["layers"]["fc1"]["patterns"][0]["name"] == ("vector" if ":" in pattern
-                                                              else pattern)
+    assert header["kind"] == "masked" and header["version"] == spruce.__version__
+    assert header["format_version"] == spruce.fileformat.FORMAT_VERSION
+    fc1 = next(r for r in header["layers"] if r["name"] == "fc1")
+    assert fc1["mask"]["patterns"][0]["name"] == ("vector" if ":" in pattern else pattern)
     with torch.no_grad():
         for p in fresh.parameters():
             p.add_(1.0)  # make sure the weights really come from the file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,8 @@ from torch import nn
 import torch
 
 from . import io
-from .fileformat import read_stored
-from .backends import io as converted_io
-from .compact import io as compacted_io
+from .backends import io as _converted  # noqa: F401  (registers the kind "converted")
+from .compact import io as _compacted  # noqa: F401  (registers the kind "compacted")
 from .backends.convert import convert as convert_with
 
 
@@ -63,16 +61,12 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
 
 
 def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write a pruned or converted model to ``path`` as safetensors (atomically)."""
+    """Write a pruned, compacted or converted model to ``path`` as safetensors (atomically);
+    ``extra`` adds notes to the header (``model``, ``dataset`` …). See :mod:`spruce.io`.
+    A compiled model or a CUDA graph saves the model under it."""
     from .compiled import unwrap
 
     model = unwrap(model)  # a CUDA graph or compiled code is not saved; the model is
-    if converted_io.is_converted(model):
-        if compacted_io.is_compacted(model):  # converted after compaction: keep the shapes
-            extra = {**(extra or {}), "compaction": compacted_io.layer_shapes(model)}
-        return converted_io.save_converted(model, path, extra)
-    if compacted_io.is_compacted(model):
-        return compacted_io.save_compacted(model, path, extra)
     return io.save(model, path, extra)
 
 
@@ -84,13 +78,6 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     The file is untrusted input: its header and tensors are checked against each other and
     against ``model`` before anything is built (see :mod:`spruce.fileformat`); a bad file
     raises :class:`~spruce.errors.SpruceError` naming the file, the layer and the field.
+    Files written by earlier versions of spruce load too (their headers are upgraded).
     """
-    stored = read_stored(path)
-    if stored.format == "converted":
-        if stored.header.get("compaction") is not None:  # first the compacted shapes
-            shapes = compacted_io.check_layer_shapes(stored, model, "compaction")
-            model = compacted_io.resize_layers(copy.deepcopy(model), shapes)
-        return converted_io.load_converted(stored.path, model, stored)
-    if stored.format == "compacted":
-        return compacted_io.load_compacted(stored.path, model, stored)
-    return io.load(stored.path, model, stored)
+    return io.load(path, model)

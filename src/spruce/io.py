@@ -1,10 +1,14 @@
-"""Save and load pruned models as safetensors — no pickle.
+"""Save and load every kind of saved model as safetensors — no pickle — by one path.
 
-The file holds the model's ``state_dict`` (original weights beside their masks) and a JSON
-header under the metadata key ``"spruce"``: format, spruce version, and per masked layer the
-pattern(s), criterion, scope, target and achieved density. Files are written atomically
-(temporary file in the same folder, then rename). ``load`` checks everything — layer names,
-shapes, every mask against its declared pattern — before it changes the model.
+A file holds a model's ``state_dict`` and a JSON header under the metadata key
+``"spruce"`` in one schema for every kind (see :mod:`spruce.fileformat.schema`): a format
+version, the kind, one record per layer and model-level fields. Each kind — ``masked``
+here, ``compacted`` in :mod:`spruce.compact.io`, ``converted`` in
+:mod:`spruce.backends.io` — is a :class:`FileKind` in one registry: :func:`save` writes the
+kind of highest rank that claims the model, :func:`load` reads the header once
+(:func:`read`) and hands it to the kind the file names. Files are written atomically
+(temporary file in the same folder, then rename); loading checks everything — layer names,
+shapes, every mask against its declared pattern — before the model changes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +30,17 @@ from torch import nn
 from . import __version__
 from .errors import SpruceError
 from .fileformat import (
+    FORMAT_VERSION,
     HEADER_KEY,
+    KINDS,
     Stored,
     check_finite,
     check_mask,
-    expect_format,
     layer_key,
-    mask_infos,
-    read_stored,
+    layer_records,
+    reading,
 )
+from .fileformat.schema import SCHEMA_FIELDS
 from .masks import attach_shared, mask_info, masked_layers
 from .view import find_layers
 
@@ -102,21 +109,6 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(plain, tmp,
                                                     metadata={HEADER_KEY: json.dumps(header)}))
-
-
-def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The checked JSON header of a spruce file (see :mod:`spruce.fileformat`)."""
-    return read_stored(path).header
-
-
-def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write a (pruned) model's weights, masks and pruning header to ``path``."""
-    layers = {}
-    for name, layer in masked_layers(model).items():
-        mask = layer.parametrizations.weight[0].mask
-        layers[name] = {**mask_info(layer), "density": float(mask.float().mean())}
-    header = {"format": "masked", "version": __version__, "layers": layers, **(extra or {})}
-    return atomic_save(model.state_dict(), path, header)
 
 
 def mask_targets(stored: Stored, model: nn.Module, infos: dict[str, Any]
@@ -195,13 +187,11 @@ def load_masks(stored: Stored, tensors: dict[str, torch.Tensor], model: nn.Modul
         params[name].info = {k: v for k, v in infos[name].items() if k != "density"}
 
 
-def load(path: str | os.PathLike, model: nn.Module, stored: Stored | None = None) -> nn.Module:
-    """Restore weights and masks saved by :func:`save` into ``model`` (in place).
+def load_masked(stored: Stored, model: nn.Module) -> nn.Module:
+    """Restore the weights and masks of a ``masked`` file into ``model`` (in place).
 
     Everything is checked (see :mod:`spruce.fileformat`) before the model changes."""
-    stored = read_stored(path) if stored is None else stored
-    expect_format(stored, "masked")
-    infos = mask_infos(stored.fields(), "layers")
+    infos = stored.records("mask")
     mask_targets(stored, model, infos)
     _check_stored(stored, model, list(infos))
     tensors = load_file(str(stored.path))
@@ -210,3 +200,93 @@ def load(path: str | os.PathLike, model: nn.Module, stored: Stored | None = None
     load_masks(stored, tensors, model, infos)
     model.load_state_dict(tensors, strict=True)
     return model
+
+
+def mask_records(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Layer name → its mask record (pattern(s), criterion, … and the kept fraction)."""
+    records = {}
+    for name, layer in masked_layers(model).items():
+        mask = layer.parametrizations.weight[0].mask
+        records[name] = {**mask_info(layer), "density": float(mask.float().mean())}
+    return records
+
+
+def module_order(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules()]
+
+
+# ------------------------------------------------------------------ kinds: one registry
+
+@dataclass(frozen=True)
+class FileKind:
+    """One kind of saved model: which models it describes, what it writes, how it loads."""
+
+    name: str                                           # the header's ``kind``
+    rank: int                                           # save(): highest claiming rank wins
+    claims: Callable[[nn.Module], bool]                 # whether this kind describes a model
+    header: Callable[[nn.Module], dict[str, Any]]       # "layers" records + model-level fields
+    state: Callable[[nn.Module], dict[str, torch.Tensor]]
+    load: Callable[[Stored, nn.Module], nn.Module]      # a checked file onto an architecture
+
+
+_KINDS: dict[str, FileKind] = {}
+
+
+def register_kind(kind: FileKind) -> FileKind:
+    if kind.name not in KINDS:
+        raise ValueError(f"kind {kind.name!r} has no header schema; known: {', '.join(KINDS)}")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def kind_of(model: nn.Module) -> FileKind:
+    """The kind :func:`save` writes ``model`` as."""
+    return max((k for k in _KINDS.values() if k.claims(model)), key=lambda k: k.rank)
+
+
+# free-form notes may not take the name of a schema field
+RESERVED = SCHEMA_FIELDS - {"model", "dataset"}
+
+
+def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None
+         ) -> Path:
+    """Write ``model`` — pruned, compacted or converted — with its header to ``path``.
+    ``extra`` adds model-level notes (``model``, ``dataset``, a training run …)."""
+    clash = sorted(set(extra or {}) & RESERVED)
+    if clash:
+        raise ValueError(f"extra may not set {', '.join(clash)}: the header's own fields")
+    kind = kind_of(model)
+    header = {"format_version": FORMAT_VERSION, "kind": kind.name, "version": __version__,
+              **(extra or {}), **kind.header(model)}
+    return atomic_save(kind.state(model), path, header)
+
+
+def read(path: str | os.PathLike) -> Stored:
+    """The file's checked header and tensor index — read once, then pass it on."""
+    return reading.read_stored(path)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked JSON header of a spruce file, in the current layout."""
+    return read(path).header
+
+
+def load_stored(stored: Stored, model: nn.Module) -> nn.Module:
+    """Load a file already read by :func:`read` onto ``model``'s architecture."""
+    kind = _KINDS.get(stored.kind)
+    if kind is None:
+        raise SpruceError(f"no loader for {stored.kind!r} models here", path=stored.path,
+                          field="kind")
+    return kind.load(stored, model)
+
+
+def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a file written by :func:`save` onto ``model``'s architecture (see
+    :func:`spruce.load`)."""
+    return load_stored(read(path), model)
+
+
+register_kind(FileKind(
+    "masked", 0, claims=lambda model: True,
+    header=lambda model: {"layers": layer_records(module_order(model), mask=mask_records(model))},
+    state=lambda model: model.state_dict(), load=load_masked))

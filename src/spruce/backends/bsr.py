@@ -184,7 +184,7 @@ class Bsr(Backend):
         r, k = config["shape"]
         bo, bk = config["blocksize"]
         idx, dt = dtype_of(config["index_dtype"]), dtype_of(config["dtype"])
-        geom = None if config["conv"] is None else ConvGeom.from_config(config["conv"])
+        geom = None if config.get("conv") is None else ConvGeom.from_config(config["conv"])
         bias = torch.zeros(r, dtype=dt) if config["bias"] else None
         n = config["nnz_blocks"]
         return BsrGemm((r, k), geom, bias, torch.zeros(r // bo + 1, dtype=idx),

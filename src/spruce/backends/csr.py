@@ -269,7 +269,7 @@ class Csr(Backend):
         cls.layout(config)
         r, k = config["shape"]
         idx, dt = dtype_of(config["index_dtype"]), dtype_of(config["dtype"])
-        geom = None if config["conv"] is None else ConvGeom.from_config(config["conv"])
+        geom = None if config.get("conv") is None else ConvGeom.from_config(config["conv"])
         bias = torch.zeros(r, dtype=dt) if config["bias"] else None
         return CsrGemm((r, k), geom, bias, torch.zeros(r + 1, dtype=idx),
                        torch.zeros(config["nnz"], dtype=idx), torch.zeros(config["nnz"], dtype=dt))

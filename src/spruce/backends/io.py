@@ -1,33 +1,38 @@
-"""Save and load converted (inference) models.
+"""The ``converted`` kind of saved model (see :mod:`spruce.io`).
 
 The file holds the converted model's ``state_dict`` — compacted weights, kept indices,
-sparse-format buffers — and a header with, per converted layer, its backend and the
-``config()`` that ``Backend.empty`` rebuilds it from. Loading needs the model's
-architecture (e.g. ``spruce.zoo.build(...)`` or the user's class) and returns a new
-inference model; the model passed in is not modified.
+sparse-format buffers — and a header whose layer records hold, per converted layer, the
+``config()`` that ``Backend.empty`` rebuilds it from (its backend named inside), and, for
+a model converted after compaction, the compacted shapes of the architecture's layers.
+Loading needs the model's architecture (e.g. ``spruce.zoo.build(...)`` or the user's
+class) and returns a new inference model; the model passed in is not modified.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .. import __version__
+from ..compact.io import (
+    check_layer_shapes,
+    compaction_records,
+    compaction_report,
+    is_compacted,
+    resize_layers,
+)
 from ..errors import SpruceError
-from ..fileformat import Fields, Stored, check_finite, expect_format, layer_key, read_stored
-from ..io import atomic_save
+from ..fileformat import FLOAT_NAMES, Fields, Stored, check_finite, layer_key, layer_records
+from ..io import FileKind, module_order, register_kind
 from .adapt import ADAPTERS, empty_module
 from .base import dtype_name, get_backend, names
 from .im2col import ConvGeom
 from .wholemodel import aliases, drop_aliases, fill_aliases, swap
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = FLOAT_NAMES
 
 
 def converted_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -47,18 +52,42 @@ def is_converted(model: nn.Module) -> bool:
     return hasattr(model, "spruce_report") or bool(converted_modules(model))
 
 
-def save_converted(model: nn.Module, path: str | os.PathLike,
-                   extra: dict[str, Any] | None = None) -> Path:
+def converted_header(model: nn.Module) -> dict[str, Any]:
+    """Layer records (each converted layer's config; after compaction, every layer's
+    compacted shapes) and the model-level fields of a converted model."""
     floats = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    modules = converted_modules(model)
     report = getattr(model, "spruce_report", None)
-    header = {"format": "converted", "version": __version__,
+    compaction = getattr(model, "spruce_compaction", None)
+    records = compacted_shapes(model, modules) if is_compacted(model) else {}
+    header = {"layers": layer_records(module_order(model), **records,
+                                      converted={n: m.config() for n, m in modules.items()}),
               "dtype": dtype_name(floats[0].dtype) if floats else "fp32",
-              "layers": {n: m.config() for n, m in converted_modules(model).items()},
-              "report": report.to_dict() if report is not None else None, **(extra or {})}
+              "conversion_report": report.to_dict() if report is not None else None}
+    if compaction is not None:
+        header["compaction_report"] = compaction.to_dict()
     alias = aliases(model)
     if alias:  # a layer registered under several names is saved once
         header["aliases"] = alias
-    return atomic_save(drop_aliases(model.state_dict(), alias), path, header)
+    return header
+
+
+def compacted_shapes(model: nn.Module, modules: dict[str, nn.Module]
+                     ) -> dict[str, dict[str, Any]]:
+    """The compaction records of a model converted after compaction: a converted layer
+    records the shapes of the layer it replaces (its ``weight`` and ``bias``), not those
+    of the backend's own tensors."""
+    records = compaction_records(model)
+    for name, module in modules.items():
+        for key in [k for k in records["shapes"] if k == name or k.startswith(name + ".")]:
+            del records["shapes"][key]
+        records["shapes"][name] = {attr: list(t.shape) for attr in ("weight", "bias")
+                                   if (t := getattr(module, attr, None)) is not None}
+    return records
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return drop_aliases(model.state_dict(), aliases(model))
 
 
 def _check_adapted(stored: Stored, name: str, cfg: dict[str, Any], dtype: torch.dtype) -> type:
@@ -78,8 +107,8 @@ def _check_adapted(stored: Stored, name: str, cfg: dict[str, Any], dtype: torch.
 def _check_layer(stored: Stored, name: str, cfg: Any, module: nn.Module,
                  dtype: torch.dtype) -> type:
     """One converted layer's config against the architecture's layer and the stored
-    tensors — before anything is allocated. Returns its backend. After compaction a layer
-    is no larger than the architecture's; otherwise it has its shape."""
+    tensors — before anything is allocated. Returns its backend. The layer has the shape
+    of the architecture's (resized first when the file was compacted)."""
     f = Fields(cfg, stored.path, name, what="a converted layer")
     backend = get_backend(f.str("backend", [n for n in names() if n != "dense"]))
     lay = backend.layout(cfg, stored.path, name)
@@ -87,8 +116,7 @@ def _check_layer(stored: Stored, name: str, cfg: Any, module: nn.Module,
         f.fail("backend", f"{backend.name} replaces a Linear/Conv2d, the model has a "
                f"{type(module).__name__} here; pass the architecture the file came from")
     have = (int(module.weight.shape[0]), int(module.weight[0].numel()))
-    smaller = lay.view[0] <= have[0] and lay.view[1] <= have[1]
-    if lay.view != have and not (stored.header.get("compaction") is not None and smaller):
+    if lay.view != have:
         f.fail("shape", f"the file's layer is {list(lay.view)}, the model's {list(have)}; pass "
                "the architecture the file was converted from")
     geom = ConvGeom.of(module).config() if isinstance(module, nn.Conv2d) else None
@@ -104,29 +132,28 @@ def _check_layer(stored: Stored, name: str, cfg: Any, module: nn.Module,
     return backend
 
 
-def _check_header(stored: Stored) -> tuple[torch.dtype, dict[str, Any]]:
-    f = stored.fields()
-    dtype = DTYPES[f.str("dtype", tuple(DTYPES))]
+def _check_header(stored: Stored) -> torch.dtype:
+    """The file's float dtype: every float tensor is stored in it."""
+    dtype = DTYPES[stored.header["dtype"]]
     floats = sorted({str(d) for d in stored.dtypes.values() if d.is_floating_point} -
                     {str(dtype)})
     if floats:
-        f.fail("dtype", f"the header says {dtype_name(dtype)} but tensors are stored as "
-               f"{', '.join(floats)}")
-    layers = f.dict("layers")
-    if f.get("report", dict, optional=True) is not None:
-        Fields(stored.header["report"], stored.path, what="the conversion report")
-    return dtype, layers
+        stored.fields().fail("dtype", f"the header says {dtype_name(dtype)} but tensors are "
+                             f"stored as {', '.join(floats)}")
+    return dtype
 
 
-def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -> nn.Module:
-    """A new inference model: ``model`` (the architecture, already resized when the file
-    was compacted first) with the file's converted layers and weights. Every config, size
-    and index tensor is checked (see :mod:`spruce.fileformat`) — sizes before anything is
-    allocated, indices before the model is returned."""
-    stored = read_stored(path) if stored is None else stored
-    expect_format(stored, "converted")
-    dtype, layers = _check_header(stored)
+def load_converted(stored: Stored, model: nn.Module) -> nn.Module:
+    """A new inference model: ``model``'s architecture (first resized to the file's
+    compacted shapes, if any) with the file's converted layers and weights. Every config,
+    size and index tensor is checked (see :mod:`spruce.fileformat`) — sizes before anything
+    is allocated, indices before the model is returned."""
+    dtype = _check_header(stored)
+    layers = stored.records("converted")
+    compaction = check_layer_shapes(stored, model) if stored.compacted else None
     work = copy.deepcopy(model)
+    if compaction is not None:
+        work = resize_layers(work, compaction)
     backends = {}
     alias = aliases(work)
     for name, cfg in layers.items():
@@ -136,8 +163,7 @@ def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -
             raise SpruceError("this converted layer does not exist in the model; pass the "
                               "architecture the file was converted from", path=stored.path,
                               layer=name) from None
-        backends[name] = _check_adapted(stored, name, cfg, dtype) \
-            if isinstance(cfg, dict) and "adapter" in cfg else \
+        backends[name] = _check_adapted(stored, name, cfg, dtype) if "adapter" in cfg else \
             _check_layer(stored, name, cfg, module, dtype)
     for name, cfg in layers.items():
         swap(work, name, empty_module(cfg), alias)
@@ -157,5 +183,11 @@ def load_converted(path: Path, model: nn.Module, stored: Stored | None = None) -
         if problem:
             raise SpruceError(f"{problem[1]}; the file is damaged or was edited",
                               path=stored.path, layer=name, field=problem[0])
+    if stored.header.get("compaction_report") is not None:
+        work.spruce_compaction = compaction_report(stored)
     work.eval().requires_grad_(False)
     return work
+
+
+register_kind(FileKind("converted", 2, claims=is_converted, header=converted_header,
+                       state=_state, load=load_converted))

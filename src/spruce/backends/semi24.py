@@ -183,6 +183,6 @@ class Semi24(Backend):
         cls.layout(config)
         r, k = config["shape"]
         dt = dtype_of(config["dtype"])
-        geom = None if config["conv"] is None else ConvGeom.from_config(config["conv"])
+        geom = None if config.get("conv") is None else ConvGeom.from_config(config["conv"])
         bias = torch.zeros(r, dtype=dt) if config["bias"] else None
         return Semi24Gemm(torch.zeros(r, k, dtype=dt), bias, geom)

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..api import load
-from ..compact import CompactionReport, compact, save_compacted
-from ..io import read_header
+from ..api import save
+from ..compact import CompactionReport, compact
+from ..io import load_stored, read
 from .checks import output_file
 from .common import console, fail, fmt_count, load_model, model_of_file
 from .example_input import HELP as EXAMPLE_HELP
@@ -66,10 +66,10 @@ def compact_cmd(
     it touches; print one row per coupled group."""
     output_file(output)
     try:
-        header = read_header(pruned)
-        name = model_of_file(header, pruned, model)
-        dataset = dataset or header.get("dataset")
-        net = load(pruned, load_model(name, dataset))
+        stored = read(pruned)  # the header is read and checked once
+        name = model_of_file(stored.header, pruned, model)
+        dataset = dataset or stored.header.get("dataset")
+        net = load_stored(stored, load_model(name, dataset))
         x = load_example_input(example_input) if example_input is not None \
             else _example_input(name, dataset)
         small = compact(net, x, verify=verify, fold_bn=fold_bn, exclude=exclude)
@@ -82,5 +82,5 @@ def compact_cmd(
     console.print(report_table(report, f"{name}: structural compaction"))
     print_summary(report)
     if output:
-        path = save_compacted(small, output, extra={"model": name, "dataset": dataset})
+        path = save(small, output, extra={"model": name, "dataset": dataset})
         console.print(f"wrote {path}")

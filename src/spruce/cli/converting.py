@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from .. import zoo
-from ..api import convert, load, save
+from ..api import convert, save
 from ..backends import ConversionReport, available
 from ..backends.io import DTYPES
-from ..io import read_header
+from ..io import load_stored, read
 from .checks import outputs_ok
 from .common import console, fail, load_model, model_of_file
 from .example_input import HELP as EXAMPLE_HELP
@@ -47,14 +47,14 @@ def convert_cmd(
     """Turn a pruned model into an inference model and print the per-layer report."""
     outputs_ok(files={"--output": output, "--plan": plan})
     try:
-        header = read_header(pruned)
-        name = model_of_file(header, pruned, model)
+        stored = read(pruned)  # the header is read and checked once
+        name = model_of_file(stored.header, pruned, model)
         if dtype is not None and dtype not in DTYPES:
             fail(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             fail("--device cuda asked for, but this machine has no CUDA; use --device cpu")
-        ds = dataset or header.get("dataset")
-        net = load(pruned, load_model(name, ds)).to(device)
+        ds = dataset or stored.header.get("dataset")
+        net = load_stored(stored, load_model(name, ds)).to(device)
         options = _example_options(example_input, backend, name, ds, batch, device, plan)
         fast = convert(net, backend, dtype=DTYPES.get(dtype) if dtype else None, **options)
     except (ValueError, FileNotFoundError) as e:

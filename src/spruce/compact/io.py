@@ -1,101 +1,85 @@
-"""Save and load compacted models.
+"""The ``compacted`` kind of saved model (see :mod:`spruce.io`).
 
 Compaction changes tensor shapes, so a compacted ``state_dict`` no longer fits the
-architecture it came from. The file holds the compacted ``state_dict`` (masks included)
-and a header ``{"format": "compacted", ...}`` with ``"compaction"``: the shape of every
-parameter and buffer (by plain name: a masked weight is ``layer.weight``) and the
-BatchNorms folded away, the masks' ``info`` and the compaction report.
-:func:`load_compacted` slices a fresh copy of the architecture to those shapes — its
-modules' settings (``in_features``, head counts …) fixed as compaction fixes them — and
-loads the tensors.
+architecture it came from. The file holds the compacted ``state_dict`` (masks included);
+its header's layer records hold each layer's mask, the compacted shape of each of its
+tensors (by attribute: a masked weight is ``weight``) and whether it is a BatchNorm folded
+away, and the header holds the compaction report. Loading slices a fresh copy of the
+architecture to those shapes — its modules' settings (``in_features``, head counts …)
+fixed as compaction fixes them — and loads the tensors.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .. import __version__
 from ..errors import SpruceError
-from ..fileformat import MAX_DIM, Fields, Stored, check_finite, expect_format, mask_infos, \
-    read_stored
-from ..io import MASK_SUFFIX, atomic_save, load_masks
-from ..masks import mask_info, mask_module, masked_layers, set_submodule
+from ..fileformat import MAX_DIM, Stored, check_finite, layer_records
+from ..io import MASK_SUFFIX, FileKind, load_masks, mask_records, module_order, register_kind
+from ..masks import set_submodule
 from ..structure.apply import slice_model
 from ..structure.trace import param_name
 from .core import CompactionReport, tensor_of
-
-FORMAT = "compacted"
 
 
 def is_compacted(model: nn.Module) -> bool:
     return hasattr(model, "spruce_compaction")
 
 
-def layer_shapes(model: nn.Module) -> dict[str, Any]:
-    """Shape of every parameter/buffer (plain names) and the BatchNorms folded away."""
-    shapes = {}
+def compaction_records(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per layer: ``shapes`` (attribute → shape of every parameter/buffer under plain
+    names) and ``folded`` (the BatchNorms folded away) — record maps for
+    :func:`~spruce.fileformat.layer_records`."""
+    shapes: dict[str, dict[str, list[int]]] = {}
     for key, t in model.state_dict().items():
         name = param_name(key)
         if name is not None:
-            shapes[name] = list(t.shape)
+            layer, _, attr = name.rpartition(".")
+            shapes.setdefault(layer, {})[attr] = list(t.shape)
     report = getattr(model, "spruce_compaction", None)
-    return {"shapes": shapes, "folded": list(getattr(report, "folded", []))}
+    return {"shapes": shapes, "folded": dict.fromkeys(getattr(report, "folded", []), True)}
 
 
-def save_compacted(model: nn.Module, path: str | os.PathLike,
-                   extra: dict[str, Any] | None = None) -> Path:
-    """Write a compacted model (weights, masks, new shapes) to ``path`` as safetensors."""
+def compacted_header(model: nn.Module) -> dict[str, Any]:
     report = getattr(model, "spruce_compaction", None)
-    masks = {}
-    for name, layer in masked_layers(model).items():
-        mask = mask_module(layer).mask
-        masks[name] = {**mask_info(layer), "density": float(mask.float().mean())}
-    header = {"format": FORMAT, "version": __version__, "compaction": layer_shapes(model),
-              "masks": masks, "report": None if report is None else report.to_dict(),
-              **(extra or {})}
-    return atomic_save(model.state_dict(), path, header)
+    return {"layers": layer_records(module_order(model), mask=mask_records(model),
+                                    **compaction_records(model)),
+            "compaction_report": None if report is None else report.to_dict()}
 
 
-def check_layer_shapes(stored: Stored, model: nn.Module, key: str) -> dict[str, Any]:
-    """The header's compaction record (``stored.header[key]``), checked against ``model``
-    before anything is resized or allocated: every shape names a tensor of the model, has
-    its rank and is no larger along any axis (compaction only removes); every folded name is
-    a BatchNorm of the model."""
-    record = stored.fields().dict(key)
-    g = Fields(record, stored.path, what="the compaction record")
-    shapes = g.dict("shapes")
-    folded = g.get("folded", list, optional=True) or []
-    for name in folded:
-        mod = _module(model, name) if isinstance(name, str) else None
-        if not isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-            g.fail("folded", f"{name!r} is not a BatchNorm of the model; only a BatchNorm "
-                   "folds away")
-    for name, shape in shapes.items():
-        have = _tensor(model, name)
-        if have is None:
-            if not (isinstance(shape, list) and len(shape) == 1 and name.endswith(".bias")
-                    and _module(model, name.rpartition(".")[0]) is not None):
-                raise SpruceError("this tensor of the file does not exist in the model; load "
-                                  "it into the architecture it was compacted from",
-                                  path=stored.path, field=f"{key}.shapes.{name}")
-            have_shape: tuple = (MAX_DIM,)
-        else:
-            have_shape = tuple(have.shape)
-        if not isinstance(shape, list) or len(shape) != len(have_shape) or any(
-                not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= h
-                for n, h in zip(shape, have_shape, strict=True)):
+def check_layer_shapes(stored: Stored, model: nn.Module) -> dict[str, Any]:
+    """The file's compacted shapes and folded BatchNorms, checked against ``model`` before
+    anything is resized or allocated: every shape names a tensor of the model, has its rank
+    and is no larger along any axis (compaction only removes); every folded layer is a
+    BatchNorm of the model."""
+    compaction = stored.compaction()
+    for name in compaction["folded"]:
+        if not isinstance(_module(model, name), (nn.BatchNorm1d, nn.BatchNorm2d,
+                                                 nn.BatchNorm3d)):
+            raise SpruceError("only a BatchNorm folds away, and this is not a BatchNorm of "
+                              "the model; the file is damaged or belongs to another model",
+                              path=stored.path, layer=name, field="folded")
+    for key, shape in compaction["shapes"].items():
+        layer, _, attr = key.rpartition(".")
+        have = _tensor(model, key)
+        if have is None and not (len(shape) == 1 and attr == "bias"
+                                 and _module(model, layer) is not None):
+            raise SpruceError("this tensor of the file does not exist in the model; load "
+                              "it into the architecture it was compacted from",
+                              path=stored.path, layer=layer, field=f"shapes.{attr}")
+        have_shape = (MAX_DIM,) if have is None else tuple(have.shape)
+        if len(shape) != len(have_shape) or any(
+                n > h for n, h in zip(shape, have_shape, strict=True)):
             raise SpruceError(f"shape {shape!r} does not fit the model's {list(have_shape)} "
                               "(same rank, each size from 1 up to the model's); load it into "
                               "the architecture it was compacted from", path=stored.path,
-                              field=f"{key}.shapes.{name}")
-    return {"shapes": shapes, "folded": folded}
+                              layer=layer, field=f"shapes.{attr}")
+    return compaction
 
 
 def _module(model: nn.Module, name: str) -> nn.Module | None:
@@ -132,25 +116,22 @@ def resize_layers(model: nn.Module, compaction: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _report(stored: Stored) -> CompactionReport:
-    data = stored.fields().dict("report", optional=True) or {}
+def compaction_report(stored: Stored) -> CompactionReport:
+    data = stored.header.get("compaction_report") or {}
     try:
         return CompactionReport.from_dict(data)
     except (TypeError, ValueError, AttributeError) as e:
         raise SpruceError(f"not a compaction report ({e})", path=stored.path,
-                          field="report") from None
+                          field="compaction_report") from None
 
 
-def load_compacted(path: str | os.PathLike, model: nn.Module,
-                   stored: Stored | None = None) -> nn.Module:
+def load_compacted(stored: Stored, model: nn.Module) -> nn.Module:
     """A new model: ``model``'s architecture sliced to the file's shapes, with its weights
     and masks. ``model`` itself is not changed. Everything is checked first (see
     :mod:`spruce.fileformat`)."""
-    stored = read_stored(path) if stored is None else stored
-    expect_format(stored, FORMAT)
-    compaction = check_layer_shapes(stored, model, "compaction")
-    infos = mask_infos(stored.fields(), "masks")
-    report = _report(stored)
+    compaction = check_layer_shapes(stored, model)
+    infos = stored.records("mask")
+    report = compaction_report(stored)
     work = resize_layers(copy.deepcopy(model), compaction)
     tensors = load_file(str(stored.path))
     check_finite({k: v for k, v in tensors.items() if not k.endswith(MASK_SUFFIX[1:])},
@@ -164,3 +145,7 @@ def load_compacted(path: str | os.PathLike, model: nn.Module,
     work.spruce_compaction = report
     work.spruce_compaction.folded = list(compaction["folded"])
     return work
+
+
+register_kind(FileKind("compacted", 1, claims=is_compacted, header=compacted_header,
+                       state=lambda model: model.state_dict(), load=load_compacted))

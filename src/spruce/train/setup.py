@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from .. import data as datasets
-from ..api import load as load_weights
 from ..errors import SpruceError
-from ..io import read_header
+from ..io import load_stored, read
 from ..criteria.during_training import TrainableMask
 from .config import TrainConfig, resume_mismatch
 from .distributed import Dist
@@ -62,15 +61,15 @@ def load_init(model: nn.Module, path: str) -> nn.Module:
     trainable layers of ``model``: they are refused, naming the file to use instead."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"init weights {path}: no such file (a spruce.save file)")
-    header = read_header(path)
-    kind = header.get("format") if isinstance(header, dict) else None
+    stored = read(path)  # once: the header is checked here and loaded from below
+    kind = stored.kind
     if kind in ("converted", "compacted"):
         made_by = "spruce convert" if kind == "converted" else "spruce compact"
         raise SpruceError(f"--init: this is a {kind} model (written by {made_by}): its layers "
                           "are inference modules, not the model's trainable layers; start "
                           "from the pruned or dense file it was made from (spruce prune / "
                           "spruce train --output)", path=path)
-    loaded = load_weights(path, model)
+    loaded = load_stored(stored, model)
     return loaded if loaded is not None else model
 
 

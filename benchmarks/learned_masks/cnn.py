@@ -269,7 +269,7 @@ def parse_args() -> argparse.Namespace:
                     "(smoke runs; 0: all)")
     ap.add_argument("--digits-npz", default=None, help=".npz with images/target (no sklearn)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--output", default="benchmarks/results/learned-masks")
+    ap.add_argument("--output", default="runs/learned-masks")
     ap.add_argument("--tag", default="")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev,hf,gpu
 
-.PHONY: demo test lint clean minilm-learned
+.PHONY: demo test lint typecheck clean minilm-learned
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/spruce characterize --preset quick --output spruce-report --overwrite
 
-test: $(STAMP)
+# lint and the type check run first: a few seconds together
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 # Learned vs magnitude vs permuted 2:4 on all-MiniLM-L6-v2, the best GPU setting (lr 0.2,
@@ -30,7 +31,10 @@ minilm-learned: $(STAMP)
 	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/report.py --runs runs/learned-masks-$(DEVICE)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -343,8 +343,7 @@ def learned_masks(folder: Path, r: Result) -> Page:
         d = load(src)
         env = d["env"]
         cmd = ("PYTHONPATH=src:. python benchmarks/learned_masks/cnn.py --device cuda"
-               if src.stem == "cnn" else report.command(d["args"]).replace(
-                   "... minilm.py", "PYTHONPATH=src:. python benchmarks/learned_masks/minilm.py"))
+               if src.stem == "cnn" else report.command(d["args"]))
         runs.append(Run(env.get("gpu") or env.get("device", "?"),
                         versions(torch=env.get("torch"), python=env.get("python")),
                         committed(src), cmd))

@@ -44,8 +44,8 @@ def verdict(rows: list[dict]) -> list[str]:
 
 def command(a: dict) -> str:
     if a.get("device", "cpu") != "cpu":
-        return ("... minilm.py --device cuda " + (" --skip-baselines" if a["skip_baselines"]
-                                                 else f"--perm-iters {a['perm_iters']}")
+        return ("PYTHONPATH=src:. python benchmarks/learned_masks/minilm.py --device cuda "
+                + ("--skip-baselines" if a["skip_baselines"] else f"--perm-iters {a['perm_iters']}")
                 + f" --steps {a['steps']} --lr {a['lr']} --init {a['init']} --init-scale "
                 f"{a['init_scale']}" + (" --hard" if a["hard"] else "")
                 + (f" --tau-schedule exp --tau-end {a['tau_end']}"
@@ -106,13 +106,13 @@ def runs_report(folder: Path) -> str:
           "that no corpus sentence uses set to zero: 3,675 of 30,522 rows are used; every "
           "other tensor byte-identical), so every output below is the original model's.", "",
           "## all-MiniLM-L6-v2, every encoder Linear 2:4 (36 layers), weights frozen", "",
-          "`PYTHONPATH=src:. python benchmarks/learned_masks/minilm.py --output OUT "
-          "--tag=-runI ARGS`, one run per row group (`minilm-runI.json`):", "",
+          "One run per row group, each with `--output OUT --tag=-runI` "
+          "(`minilm-runI.json`):", "",
           *[f"- `{command(r['args'])}`" for r in runs], "",
-          f"Corpus as on the CPU ({runs[0]['train_sentences']} train / "
+          f"Corpus `benchmarks/learned_masks/corpus.jsonl` ({runs[0]['train_sentences']} train / "
           f"{runs[0]['heldout_sentences']} held-out sentences), batch {a['batch']}, cosine "
           "distillation of the mean-pooled embedding, AdamW (cosine lr schedule) on the logits "
-          "only. The baseline rows equal the CPU run's to 4 decimals.", "",
+          "only.", "",
           *table(rows), "", *verdict(rows), "", "![curves](minilm-curves.png)", ""]
     cnn = folder / "cnn.json"
     if cnn.exists():

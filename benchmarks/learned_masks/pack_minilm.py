@@ -1,12 +1,14 @@
 """Pack all-MiniLM-L6-v2 into ``.minilm/`` for a machine without network or the package.
 
-The GPU machine takes at most 64 MiB of files and the model file is 91 MB. The corpus
-(``corpus.jsonl``) uses 3,675 of the 30,522 word-embedding rows: the others are set to zero,
-which gzips the file to 46 MB; every other tensor is byte-identical, so on the corpus the
-packed model computes exactly what the original does. ``device_run.sh`` unpacks it.
+The model file is 91 MB. The corpus (``corpus.jsonl``) uses 3,675 of the 30,522
+word-embedding rows: the others are set to zero, which gzips the file to 46 MB; every other
+tensor is byte-identical, so on the corpus the packed model computes exactly what the
+original does. On the target machine, unpack it and point ``minilm.py`` at it:
 
     PYTHONPATH=src:. python benchmarks/learned_masks/pack_minilm.py     # writes .minilm/
-    echo /.minilm/ >> .git/info/exclude                                 # travels as carry
+    mkdir -p /tmp/mini && cp .minilm/*.* /tmp/mini/ && \
+        gunzip -c .minilm/gz/model.safetensors.gz > /tmp/mini/model.safetensors
+    PYTHONPATH=src:. python benchmarks/learned_masks/minilm.py --model-dir /tmp/mini ...
 """
 
 from __future__ import annotations

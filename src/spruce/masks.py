@@ -112,13 +112,14 @@ def attach_shared(layers: dict[str, nn.Module]) -> dict[str, WeightMask]:
     out = {}
     for name, layer in layers.items():
         key = id(original_weight(layer))
+        own = mask_module(layer)
         if key in by_weight:
             share(layer, by_weight[key])
-        elif mask_module(layer) is None:
+        elif own is None:
             by_weight[key] = attach(layer, torch.ones_like(view_of(layer, layer.weight),
                                                            dtype=torch.bool), {})
         else:
-            by_weight[key] = mask_module(layer)
+            by_weight[key] = own
         out[name] = by_weight[key]
     return out
 
@@ -139,7 +140,7 @@ def unparametrized(layer: nn.Module) -> nn.Module:
     if not parametrize.is_parametrized(layer, "weight"):
         return layer
     base = type(layer).__bases__[0]  # parametrize's generated subclass → the layer's class
-    twin = base.__new__(base)
+    twin = base.__new__(base)  # type: ignore[call-overload]  # (base is a Module class)
     twin.__dict__ = dict(layer.__dict__)
     twin._parameters = {"weight": layer.parametrizations.weight.original,
                         **{k: v for k, v in layer._parameters.items()}}
@@ -162,7 +163,9 @@ def bake(model: nn.Module) -> nn.Module:
     """
     twins: dict[int, nn.Module] = {}
     for layer in masked_layers(model).values():
-        mask = mask_module(layer).mask
+        own = mask_module(layer)
+        assert own is not None  # masked_layers holds only layers with a mask
+        mask = own.mask
         twin = unparametrized(layer)
         with torch.no_grad():
             twin.weight.mul_(mask.to(twin.weight.dtype))  # the mask is in the weight's layout

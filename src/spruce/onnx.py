@@ -71,7 +71,7 @@ def exportable_mode(model: nn.Module) -> Iterator[None]:
     use_cache = getattr(config, "use_cache", None)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    if use_cache:
+    if config is not None and use_cache:
         config.use_cache = False
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -79,7 +79,7 @@ def exportable_mode(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        if use_cache:
+        if config is not None and use_cache:
             config.use_cache = use_cache
 
 

@@ -122,9 +122,9 @@ def gather_flat(base_ptr, row_off, col_off, mask, MASKED: tl.constexpr, BLOCK_M:
     A flat load puts a warp's lanes along K — one row's consecutive kept columns, a cache
     line or two per instruction. For the same load in 2-D, with no contiguity known on either
     axis, triton 3.6 puts the lanes along M: a cache line per lane, 3× slower end to end on
-    the FFN shapes (NOTES.md, v1). Kept flat until the dot, a prefetched tile also stays in
+    the FFN shapes (docs/kernels.md). Kept flat until the dot, a prefetched tile also stays in
     registers: a loop-carried 2-D tile goes through shared memory, and the fence before the
-    MMA then waits for the prefetch (NOTES.md, v2).
+    MMA then waits for the prefetch (docs/kernels.md).
     """
     ptrs = tl.reshape(base_ptr + row_off[:, None] + col_off[None, :], (BLOCK_M * BLOCK_K,))
     if MASKED:

@@ -158,7 +158,7 @@ def prune_configs(configs_: list[triton.Config], named_args: dict, **kwargs) -> 
 def wide_configs(configs_: list[triton.Config]) -> list[triton.Config]:
     """fp32 operands: half the BLOCK_K (the same shared memory per stage), and no PREFETCH —
     the in-loop fp32 gather is already an asynchronous copy, and PREFETCH with fp32 gave a
-    wrong result in one GPU test (NOTES.md, v3)."""
+    wrong result in one GPU test (docs/kernels.md)."""
     return [triton.Config({**c.kwargs, "BLOCK_K": max(16, c.kwargs["BLOCK_K"] // 2),
                            "PREFETCH": False}, num_stages=c.num_stages, num_warps=c.num_warps)
             for c in configs_ if not c.kwargs["PREFETCH"] or len(configs_) == 1]

@@ -1,7 +1,7 @@
 """The digits table: dense vs each pattern at 0.5 kept, one-shot + fine-tune and gradual,
 and the paper's during-training criteria — TinyCNN on scikit-learn's digits, on CPU.
 
-    python -m spruce.train.experiment --out benchmarks/results/train-digits --seeds 0 1 2
+    python -m spruce.train.experiment --out benchmarks/results/cpu/train-digits --seeds 0 1 2
 
 Protocol (per seed): a dense TinyCNN trains 20 epochs from scratch (SGD, momentum 0.9,
 lr 0.05, cosine, weight decay 5e-4, batch 64). From it, every pattern is pruned to 0.5
@@ -9,7 +9,7 @@ kept (a) one-shot, then fine-tuned 10 epochs at lr 0.01, and (b) gradually with 
 schedule over the first 3/4 of the same 10 epochs. The during-training criteria train from
 scratch for 20 epochs, like the dense model; their strength was set for roughly half the
 weights, and they land where they land. The classifier (``fc``) stays dense everywhere.
-Writes ``results.json`` (every run) and ``results.md`` (mean ± sd over seeds).
+Writes ``results.json`` (every run) and ``README.md`` (mean ± sd over seeds).
 """
 
 from __future__ import annotations
@@ -132,15 +132,15 @@ def write_report(out: Path, payload: dict[str, Any]) -> None:
           f"CPU thread per run; seeds {', '.join(map(str, seeds))}; mean ± sd).", "",
           *table(rows), "", "## Protocol", "", __doc__.split("\n\n", 2)[2].strip(), "",
           "## Caveats", "", CAVEATS]
-    (out / "results.md").write_text("\n".join(md))
+    (out / "README.md").write_text("\n".join(md))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train-digits"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu/train-digits"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--report-only", action="store_true",
-                    help="rewrite results.md from the results.json already in --out")
+                    help="rewrite README.md from the results.json already in --out")
     args = ap.parse_args(argv)
     if args.report_only:
         write_report(args.out, json.loads((args.out / "results.json").read_text()))

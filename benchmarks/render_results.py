@@ -164,6 +164,21 @@ def structure(folder: Path, r: Result) -> Page:
     return Page(runs, render(d).splitlines())
 
 
+def compiled(folder: Path, r: Result) -> Page:
+    """``compiled/grid.py --render``: pruned models against the best dense path."""
+    render = module("benchmarks/compiled/grid_render.py").render
+    d = load(folder / "results.json")
+    e = d["environment"]
+    commands = e["command"] if isinstance(e["command"], list) else [e["command"]]
+    runs = [Run(e.get("device_name", e.get("device", "?")),
+                versions(torch=e.get("torch"), triton=e.get("triton"),
+                         transformers=e.get("transformers"), torchvision=e.get("torchvision"),
+                         dtype=e.get("dtype")), str(e.get("date", "?"))[:10], c)
+            for c in commands]
+    body = render(d).splitlines()
+    return Page(runs, body[1:])  # the page has its own title
+
+
 def digits_structure(folder: Path, r: Result) -> Page:
     """``digits_accuracy.py --render``."""
     render = module("benchmarks/structure/digits_accuracy.py").render
@@ -384,7 +399,7 @@ RENDERERS: dict[str, Callable[[Path, Result], Page]] = {
     "any-model": any_model, "auto": auto, "breakdown": breakdown, "kernels": kernels,
     "gather": gather, "channel-groups": channel_groups, "compact": compact, "semi24": semi24,
     "learned-masks": learned_masks, "learned-masks-loop": learned_masks_loop,
-    "train-digits": train_digits,
+    "train-digits": train_digits, "compiled": compiled,
 }
 
 CHAR_MODELS = ("python -c \"from dataclasses import replace; from spruce.bench.characterize "
@@ -421,6 +436,8 @@ RESULTS: tuple[Result, ...] = (
     Result("h100/characterize-models-fp16", "characterize",
            "Characterization, gpu preset's models, fp16, group: dense, groupwise, "
            "groupwise_fused", CHAR_MODELS),
+    Result("h100/compiled", "compiled",
+           "Pruned models against the best dense path (eager, CUDA graph, compiled)"),
     Result("h100/compact", "compact", "Whole models, group 50%, with and without compaction",
            "OUT=DIR python benchmarks/compact/bench_compact.py --cases 2,0"),
     Result("h100/gather", "gather", "The gather before a compacted GEMM",

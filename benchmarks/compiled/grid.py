@@ -271,6 +271,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--append", action="store_true", help="add to an existing results.json")
     p.add_argument("--output", default="grid-results")
     p.add_argument("--render", metavar="DIR", help="only write DIR/README.md from its JSON")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="gather these runs' results.json "
+                   "into --output (rows in order; a model's dense times from its last run)")
     args = p.parse_args(argv)
     if args.compile in ("true", "True", "1"):
         args.compile = True
@@ -279,6 +281,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        runs = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
+        merged = {"environment": {**runs[0]["environment"],
+                                  "command": [r["environment"]["command"] for r in runs]},
+                  "models": {}, "rows": []}
+        for r in runs:
+            merged["models"].update(r["models"])
+            merged["rows"] += r["rows"]
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        (Path(args.output) / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
+        args.render = args.output
     if args.render:
         folder = Path(args.render)
         text = render(json.loads((folder / "results.json").read_text()))

@@ -54,6 +54,13 @@ def row_cells(r: dict, d: dict) -> list[str]:
             "; ".join(notes)]
 
 
+def _commands(command: str | list[str] | None) -> list[str]:
+    if isinstance(command, list):
+        return ["Commands (one run each, gathered with `--merge`):", "",
+                *(f"- `{c}`" for c in command)]
+    return [f"Command: `{command}`"]
+
+
 def render(results: dict[str, Any]) -> str:
     env, models, rows = results["environment"], results["models"], results["rows"]
     lines = ["# Pruned models against the best dense model (compiled)", "",
@@ -61,7 +68,7 @@ def render(results: dict[str, Any]) -> str:
              f"triton {env.get('triton')}, transformers {env.get('transformers')}, "
              f"torchvision {env.get('torchvision')}; {env.get('dtype')}; compile mode "
              f"`{env.get('compile')}`; date {env.get('date')}.", "",
-             f"Command: `{env.get('command')}`", "",
+             *_commands(env.get("command")), "",
              "Ratios are medians of the spruce model over the **fastest dense path of the same "
              "run** (*vs best*), and over eager dense (*vs eager*). Every spruce model is "
              "`spruce.convert(..., \"auto\", compile=True)` (Inductor + CUDA graph on a GPU); "

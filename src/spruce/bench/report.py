@@ -305,11 +305,12 @@ def write_report(out_dir: str | Path, records, environment: dict | None, title: 
         parts += [(f"> **Interrupted**: this report holds the {len(rows)} rows measured "
                   "before Ctrl-C."), ""]
     parts += [_environment(environment or {}, rows), "", "## Headline", "",
-              "Every ratio is to the **best dense path** of the same run: the fastest of "
-              "eager dense (`dense`), dense replayed as a CUDA graph (`dense·graph`, GPU) "
-              "and `torch.compile`d dense (`dense·compiled`, replayed as a CUDA graph on a "
-              "GPU); the *best dense ms* column names it. The per-subject tables list every "
-              "dense path with its ratio to the best.", "",
+              "Every ratio is to the **best dense path measured in the same run**: the "
+              "fastest of eager dense (`dense`), dense replayed as a CUDA graph "
+              "(`dense·graph`, GPU) and `torch.compile`d dense (`dense·compiled`), where "
+              "the run measured them; the *best dense ms* column names the winner. The "
+              "per-subject tables list every dense path measured with its ratio to the "
+              "best.", "",
               _table(*headline_rows(rows)), "", "## Findings", "",
               *(f"- {f}" for f in findings(rows)), ""]
     written: list[Path] = []

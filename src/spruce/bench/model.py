@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import convert, density_of, prune, zoo
+from .. import compact, convert, density_of, prune, zoo
 from ..view import prunable_layers, view_shape
 from .baseline import best_dense, dense_rows, eager_dense
 from .records import MEASURE_ERRORS, Record, ResultsWriter, describe_error, dtype_name, measure
@@ -68,6 +68,8 @@ class ModelOptions:
     baselines: tuple[str, ...] | None = None  # dense paths to time (spruce.bench.baseline);
     #                                          None: every one the device has
     compile: bool | str = False              # convert(..., compile=): time compiled models
+    compact: bool = False                    # spruce.compact before converting: units every
+    #                                          reader pruned become smaller dense layers
     backend_options: dict = field(default_factory=dict, hash=False)  # {"groupwise": {...}}
     zoo_kwargs: dict = field(default_factory=dict, hash=False)  # to zoo.build: a smaller
     #                                                             ViT (depth=2, dim=128), ...
@@ -165,6 +167,15 @@ def _bench_case(subject: _Subject, case: PatternCase, inputs: list, dense: Basel
         return
     fields["param_ratio"] = density_of(net)
     extra.update(pattern_spec=pat.spec(), left_dense=unfit)
+    if options.compact:
+        try:
+            net = compact(net.eval(), example_input=_first(subject.example))
+        except MEASURE_ERRORS as e:
+            sink.emit(error_row(subject.name, inputs, f"compaction failed: {describe_error(e)}",
+                                fields, extra))
+            return
+        report = net.spruce_compaction
+        extra.update(compacted_params=report.params_after / report.params_before)
     net = net.to(common["device"])
     candidates = candidate_backends(case.family, requested, common["device"])
     if not candidates:

@@ -27,6 +27,7 @@ from ..bench.presets import LAYER_PRESETS, SHAPE_SYNTAX, get_shape, scaled
 from ..bench.records import Record, ResultsWriter
 from ..bench.report import headline_rows, prepare_output, write_report
 from ..bench.sweep import TimingConfig, check_backends, check_device, pattern_cases, torch_dtype
+from ..compiled import compile_mode
 from ..patterns.block import parse_block
 from .checks import in_range, outputs_ok
 from .common import console, fail
@@ -85,13 +86,21 @@ def bench_model(
     threads: int = typer.Option(None, help="CPU threads (default: torch's)"),
     output: Path = typer.Option(None, "--output", "-o", help="folder for results and report"),
     overwrite: bool = typer.Option(False, help="write into a non-empty output folder"),
+    compile: str = typer.Option("none", "--compile", help="none | default | max-autotune: "
+                                "time the pruned models compiled (dense is always timed "
+                                "eager, as a CUDA graph on a GPU, and compiled)"),
+    compact: bool = typer.Option(False, "--compact", help="spruce.compact each pruned model "
+                                 "before converting it"),
 ) -> None:
-    """Time a model end to end dense and pruned with each pattern × kept ratio × backend."""
+    """Time a model end to end dense and pruned with each pattern × kept ratio × backend.
+    Ratios are to the fastest dense path of the same run."""
     outputs_ok(dirs={"--output": output})
     try:
         in_range("--batch", batch, 1)
+        mode = {"none": False, "default": True}.get(compile, compile)
+        compile_mode(mode)
         options = ModelOptions(timing=_timing(min_time, threads), dataset=dataset,
-                               block=parse_block(block))
+                               block=parse_block(block), compile=mode, compact=compact)
         _validate(pattern, density, backend, dtype, device)
         zoo.example_input(model, dataset, batch=1)   # unknown model or dataset: say so now
     except ValueError as e:
@@ -197,10 +206,10 @@ class _Collector:
 
 def _rows_table(records: list[Record]) -> Table:
     table = Table(title="measurements", title_justify="left")
-    for col in ("subject", "kind", "pattern", "kept", "backend", "median ms", "ratio to dense",
+    for col in ("subject", "kind", "pattern", "kept", "backend", "median ms", "vs best dense",
                 "note"):
         table.add_column(col, justify="right" if col in ("kept", "median ms",
-                                                         "ratio to dense") else "left")
+                                                         "vs best dense") else "left")
     for r in records:
         note = r.error or (f"step {r.extra['step']}" if r.kind == "step" else "")
         table.add_row(r.name, r.kind, r.pattern or "dense",
@@ -211,9 +220,9 @@ def _rows_table(records: list[Record]) -> Table:
 
 
 def _headline_table(records: list[Record]) -> Table:
-    header, body = headline_rows(records)
-    table = Table(title="headline: fastest sparse pattern·backend at each kept ratio "
-                        "(ratio to dense)", title_justify="left")
+    header, body = headline_rows(records, compact=True)
+    table = Table(title="headline: fastest pattern per kept ratio, time / best dense",
+                  title_justify="left")
     for col in header:
         table.add_column(col, justify="left" if col in ("subject", "dtype") else "right")
     for row in body:

@@ -86,3 +86,22 @@ def test_the_grid_runs_on_the_cpu_and_checks_every_row(tmp_path):
     assert row["rel_err"] < 1e-4 and row["params_after"] < row["params_before"]
     text = (tmp_path / "README.md").read_text()
     assert "| smoke_cnn | group | 0.5 | compact |" in text and "vs best" in text
+
+
+def test_bench_model_flags_a_degenerate_reference():
+    from spruce.bench.model import ModelOptions, bench_model
+    from spruce.bench.report import findings
+    from spruce.bench.sweep import TimingConfig
+
+    model = deep_random_cnn()  # default BatchNorm statistics: the output vanishes
+    x = torch.randn(2, 3, 8, 8)
+    opts = ModelOptions(timing=TimingConfig(warmup=1, min_runs=2, min_time_s=0.0),
+                        baselines=("dense",))
+    rows = bench_model(model, ["group"], [0.5], backends=["groupwise"], example_input=x,
+                       options=opts)
+    assert all(r.extra.get("degenerate_reference") for r in rows)
+    assert any("Degenerate reference" in f for f in findings(rows))
+    calibrate_batchnorm(model, [torch.randn(2, 3, 8, 8) for _ in range(2)])
+    rows = bench_model(model, ["group"], [0.5], backends=["groupwise"], example_input=x,
+                       options=opts)
+    assert not any("degenerate_reference" in r.extra for r in rows)

@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import compact, convert, density_of, prune, zoo
 from ..view import prunable_layers, view_shape
-from .baseline import best_dense, dense_rows, eager_dense
+from .baseline import best_dense, degenerate, dense_rows, eager_dense
 from .records import MEASURE_ERRORS, Record, ResultsWriter, describe_error, dtype_name, measure
 from .sweep import (
     DEFAULT_BLOCK,
@@ -107,8 +107,13 @@ def bench_model(model: str | nn.Module, patterns: Sequence[str],
                          seed=options.seed)
     common = dict(kind="model", device=dev, dtype=dtype_name(dt), **options.timing.kwargs())
     base = subject.fresh().to(device=dev, dtype=dt).eval().requires_grad_(False)
+    extra = _evaluated(base, evaluate, subject.extra)
+    why = _degenerate(base, inputs[0])
+    if why:  # every ratio of this model is flagged: its outputs cannot judge anything
+        extra["degenerate_reference"] = why
+        subject.extra["degenerate_reference"] = why
     rows = dense_rows(subject.name, base, inputs, paths=options.baselines, param_ratio=1.0,
-                      extra=_evaluated(base, evaluate, subject.extra), **common)
+                      extra=extra, **common)
     for r in rows:
         sink.emit(r)
     sink.case_done(f"{subject.name}: dense")
@@ -244,6 +249,16 @@ def _evaluated(module: nn.Module, evaluate, extra: dict) -> dict:
         return dict(extra)
     with torch.inference_mode():
         return {**extra, "accuracy": evaluate(module)}
+
+
+def _degenerate(model: nn.Module, x: Any) -> str | None:
+    """Why the dense output on ``x`` cannot judge a speed-up (tiny, non-finite, the same for
+    every sample), or None."""
+    from ..backends.wholemodel import tensors_of
+
+    with torch.inference_mode():
+        out = tensors_of(_caller(model)(x))
+    return degenerate(out[0].float()) if out else None
 
 
 def _first(x: Any) -> Any:

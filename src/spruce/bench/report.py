@@ -203,6 +203,13 @@ def _caveats(rows: list[dict]) -> list[str]:
     if noisy:
         out.append(f"{len(noisy)} of {sum(map(ok, rows))} timed rows are noisy (p90 − p10 > "
                    f"{NOISY_SPREAD:.0%} of the median): read their ratios with care.")
+    flagged = sorted({r["name"] for r in rows if (r.get("extra") or {}).get(
+        "degenerate_reference")})
+    if flagged:
+        out.append(f"**Degenerate reference** for {', '.join(flagged)}: the dense output is "
+                   "tiny, non-finite or the same for every sample, so its ratios and errors "
+                   "do not judge anything (calibrate BatchNorm statistics or use real "
+                   "weights).")
     errors = [r for r in rows if not ok(r)]
     if errors:
         out.append(f"{len(errors)} cases could not be measured (see *Not measured*).")
@@ -323,6 +330,13 @@ def write_report(out_dir: str | Path, records, environment: dict | None, title: 
             parts += [heading, ""]
         for (_, name, dtype), rs in items:
             parts += _subject_section(out, kind, name, dtype, rs, written)
+    flagged = sorted({r["name"] for r in rows if (r.get("extra") or {}).get(
+        "degenerate_reference")})
+    if flagged:
+        out.append(f"**Degenerate reference** for {', '.join(flagged)}: the dense output is "
+                   "tiny, non-finite or the same for every sample, so its ratios and errors "
+                   "do not judge anything (calibrate BatchNorm statistics or use real "
+                   "weights).")
     errors = [r for r in rows if not ok(r)]
     if errors:
         parts += ["## Not measured", "", _errors_table(errors), ""]

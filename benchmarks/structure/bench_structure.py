@@ -25,7 +25,7 @@ and batch 64, BERT-base at 128 tokens and ViT-B/16 at 224² with batch 64, a Lla
    of the dense and compacted models, eager and compiled, printed and kept in the JSON.
 
 ``--output DIR`` writes (merges into) ``DIR/results.json`` after every model;
-``--merge A/results.json B/results.json --output DIR`` gathers the files of separate calls
+``--merge A/results.json B/results.json --output DIR`` gathers the files of separate runs
 into ``DIR/results.json`` (a model measured again replaces its earlier rows);
 ``--render DIR`` writes ``DIR/README.md``, the table of ``DIR/results.json``. A stage that
 fails (compaction missing, out of memory) is recorded in its row and the run goes on.
@@ -35,8 +35,8 @@ fails (compaction missing, out of memory) is recorded in its row and the run goe
     PYTHONPATH=src python benchmarks/structure/bench_structure.py --preset h200 \\
         --models resnet18,resnet50 --output $OUT/structure
 
-Budget: every variant compiles once (dense once per model); one model of ``h200`` per
-call keeps a call under 8 minutes (ResNet-50, the slowest, compiles five times;
+Run time: every variant compiles once (dense once per model); one model of ``h200`` per
+run takes under 8 minutes (ResNet-50, the slowest, compiles five times;
 ``--variants coupled`` halves that).
 """
 
@@ -293,7 +293,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--output", type=Path, help="folder to write (merge) results.json into")
     ap.add_argument("--render", type=Path, help="folder whose results.json becomes README.md")
     ap.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
-                    help="merge these results.json files (runs of other calls) into "
+                    help="merge these results.json files (other runs) into "
                          "--output DIR instead of measuring")
     args = ap.parse_args(argv)
     if args.output is None and args.render is None:

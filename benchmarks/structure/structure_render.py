@@ -3,7 +3,7 @@
 A results file holds every run written to its folder: ``{"program": ..., "runs": [run]}``
 with a run ``{"env": ..., "command": ..., "preset": ..., "rows": [row]}``. A new run
 replaces the rows of the (model, variant) pairs it measured again, so a preset split over
-several ``--models`` calls gathers in one file; a run left without rows is dropped.
+several ``--models`` runs gathers in one file; a run left without rows is dropped.
 """
 
 from __future__ import annotations

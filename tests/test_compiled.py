@@ -233,3 +233,44 @@ def test_auto_with_compile_tries_every_layer_sparse_as_a_whole(monkeypatch):
     assert fast is timed[1]
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def channel_pruned() -> tuple[nn.Module, torch.Tensor]:
+    """Coupled channel pruning of the hidden units: compaction removes half of them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 8)).eval()
+    x = torch.randn(16, 32)
+    spruce.prune(model, "channel", 0.5, scope="coupled", example_input=x)
+    return model, x
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in unwrap(m).parameters())
+
+
+def test_convert_compact_then_backend():
+    model, x = channel_pruned()
+    plain = spruce.convert(model, "dense", example_input=x)
+    small = spruce.convert(model, "dense", example_input=x, compact=True, compile=True)
+    assert n_params(small) < n_params(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("compacted_ms, kept", [(1.0, True), (3.0, False)])
+def test_auto_keeps_the_compacted_model_only_if_not_slower_than_uncompacted_dense(
+        monkeypatch, compacted_ms, kept):
+    import spruce.auto_compact as ac
+
+    model, x = channel_pruned()
+    times = iter([2.0, compacted_ms])  # the uncompacted dense twin, then the compacted model
+    monkeypatch.setattr(ac, "whole_ms", lambda *a, **k: next(times))
+    fast = spruce.convert(model, "auto", example_input=x, compact=True, timing=FAST)
+    plan = fast.spruce_plan
+    assert plan.model_ms["compacted"] == compacted_ms
+    assert plan.model_ms["dense, uncompacted"] == 2.0
+    full = n_params(spruce.convert(model, "dense", example_input=x))
+    assert (n_params(fast) < full) == kept
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

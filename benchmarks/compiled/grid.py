@@ -6,8 +6,9 @@ model is timed the way ``spruce.convert(..., compile=True)`` hands it back:
 
 - ``auto``: ``convert(pruned, "auto", compile=True)`` — per-layer measured backends, the
   whole model judged compiled against compiled dense;
-- ``compact``: ``spruce.compact`` first (units every reader pruned become smaller dense
-  layers), then the same ``auto`` + compile (group and channel patterns).
+- ``compact``: ``convert(pruned, "auto", compile=True, compact=True)`` — ``spruce.compact``
+  first (units every reader pruned become smaller dense layers), then the same ``auto``,
+  kept only if not slower than the uncompacted dense twin (group and channel patterns).
 
 Every timed output is checked against the pruned fp32 model on the same input (relative
 error); a reference output that is degenerate (tiny, non-finite, the same for every
@@ -41,7 +42,7 @@ from grid_models import BATCH, MODELS, Entry
 from grid_render import render
 from spruce.bench import make_inputs, time_fn
 from spruce.bench.baseline import calibrate_batchnorm, call, degenerate
-from spruce.compiled import finish_model
+from spruce.compiled import finish_model, unwrap
 from spruce.graphs import CudaGraphModule
 
 PATTERNS = ("element", "2:4", "block", "group", "channel")
@@ -142,15 +143,12 @@ def run_flow(s: Subject, pruned32: nn.Module, flow: str, args) -> dict[str, Any]
     ref = s.reference(pruned32)
     row["degenerate"] = degenerate(ref)
     t0 = time.perf_counter()
-    model = pruned32
-    if flow == "compact":
-        model = spruce.compact(pruned32, example_input=s.x32)
-        rep = model.spruce_compaction
-        row["params_before"], row["params_after"] = rep.params_before, rep.params_after
-        row["compact_s"] = round(time.perf_counter() - t0, 2)
-    fast = spruce.convert(model, "auto", dtype=s.dtype, example_input=s.inputs[0],
-                          compile=args.compile)
+    fast = spruce.convert(pruned32, "auto", dtype=s.dtype, example_input=s.inputs[0],
+                          compile=args.compile, compact=flow == "compact")
     row["convert_s"] = round(time.perf_counter() - t0, 2)
+    if flow == "compact":  # kept only when not slower than the uncompacted dense twin
+        row["params_before"] = sum(p.numel() for p in pruned32.parameters())
+        row["params_after"] = sum(p.numel() for p in unwrap(fast).parameters())
     backends: dict[str, int] = {}
     for r in fast.spruce_report.rows:
         backends[r.backend] = backends.get(r.backend, 0) + 1

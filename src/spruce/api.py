@@ -18,7 +18,7 @@ from .backends.convert import convert as convert_with
 
 def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None = None,
             example_input: Any = None, verify: bool = True, cuda_graph: bool | None = None,
-            compile: bool | str = False, **options: Any) -> nn.Module:
+            compile: bool | str = False, compact: bool = False, **options: Any) -> nn.Module:
     """A new inference model: every masked layer runs on ``backend``'s module, verified
     against the dense masked layer; given ``example_input`` (a tensor, a tuple of positional
     inputs or a dict of keyword inputs) the whole converted model is run once and compared
@@ -31,7 +31,10 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     ``torch.compile`` (see :mod:`spruce.compiled`). ``cuda_graph=True`` captures the forward
     on ``example_input`` as one CUDA graph (static shapes; see :mod:`spruce.graphs`); left
     at None it is on for a compiled model on CUDA given ``example_input``. The report is at
-    ``result.spruce_report``."""
+    ``result.spruce_report``. ``compact=True`` runs :func:`spruce.compact` first (units every
+    reader pruned become smaller dense layers); with ``auto`` the compacted model is kept
+    only if it is not slower than the uncompacted model's dense twin (see
+    :mod:`spruce.auto_compact`)."""
     from .backends.convert import cast_input
     from .backends.wholemodel import model_tolerance
     from .compiled import compile_mode, finish_model
@@ -42,14 +45,14 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
                          "its shapes")
     if cuda_graph and not torch.cuda.is_available():
         raise ValueError("cuda_graph=True needs CUDA; this machine has none")
-    if backend == "auto":
-        from .auto import convert_auto
+    if compact:
+        from .auto_compact import convert_compacted
 
-        fast = convert_auto(model, dtype=dtype, example_input=example_input, verify=verify,
-                            compile=compile, **options)
+        fast = convert_compacted(model, backend, _convert_eager, dtype, example_input, verify,
+                                 compile, **options)
     else:
-        fast = convert_with(model, backend, dtype=dtype, example_input=example_input,
-                            verify=verify, **options)
+        fast = _convert_eager(model, backend, dtype=dtype, example_input=example_input,
+                              verify=verify, compile=compile, **options)
     first = next((t for t in [*fast.parameters(), *fast.buffers()] if t.is_floating_point()),
                  None)
     dt = dtype if dtype is not None else (first.dtype if first is not None else torch.float32)
@@ -58,6 +61,16 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     example = None if example_input is None else cast_input(
         example_input, dt, first.device if first is not None else torch.device("cpu"))
     return finish_model(fast, compile, cuda_graph, example, model_tolerance(dt))
+
+
+def _convert_eager(model: nn.Module, backend: str, compile: bool | str = False,
+                   **kwargs: Any) -> nn.Module:
+    """``backend``'s converted model, not yet compiled (``auto`` judges it compiled)."""
+    if backend == "auto":
+        from .auto import convert_auto
+
+        return convert_auto(model, compile=compile, **kwargs)
+    return convert_with(model, backend, **kwargs)
 
 
 def save(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from .. import zoo
@@ -220,11 +221,23 @@ def _rows_table(records: list[Record]) -> Table:
 
 
 def _headline_table(records: list[Record]) -> Table:
+    """The headline at 80 columns: the pattern alone per cell (backends are in report.md),
+    the best dense path as one letter, the dtype in the title when there is one."""
     header, body = headline_rows(records, compact=True)
-    table = Table(title="headline: fastest pattern per kept ratio, time / best dense",
-                  title_justify="left")
-    for col in header:
-        table.add_column(col, justify="left" if col in ("subject", "dtype") else "right")
+    dtypes = {row[1] for row in body}
+    one_dtype = len(dtypes) == 1
+    short = {"eager": "e", "graph": "g", "compiled": "c"}
+    title = ("headline" + (f" ({next(iter(dtypes))})" if one_dtype else "")
+             + ": fastest pattern, time / best dense\n"
+             "best dense: e eager, g CUDA graph, c compiled")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    keep = [i for i in range(len(header)) if not (one_dtype and i == 1)]
+    for i in keep:
+        col = header[i]
+        table.add_column("dense ms" if col == "best dense ms" else col, no_wrap=True,
+                         justify="left" if col in ("subject", "dtype") else "right")
     for row in body:
-        table.add_row(*row)
+        ms, _, path = row[2].partition(" ")
+        row = [*row[:2], f"{ms} {short.get(path, path)}", *row[3:]]
+        table.add_row(*[row[i] for i in keep])
     return table

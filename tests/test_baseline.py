@@ -83,7 +83,15 @@ def test_the_grid_runs_on_the_cpu_and_checks_every_row(tmp_path):
     assert {"dense_eager_ms", "dense_compiled_ms", "best_dense"} <= set(dense)
     assert dense["best_dense"] in ("eager", "compiled") and dense["degenerate"] is None
     [row] = results["rows"]
-    assert row["rel_err"] < 1e-4 and row["params_after"] < row["params_before"]
+    assert row["rel_err"] < 1e-4
+    # the compacted model was timed against the uncompacted dense twin; which one was kept
+    # depends on those times (noisy on a shared CPU), the parameters say which
+    assert {"compacted", "dense, uncompacted"} <= set(row["auto_check_ms"])
+    compacted_kept = row["auto_check_ms"]["compacted"] <= \
+        row["auto_check_ms"]["dense, uncompacted"]
+    assert row["compacted"] == compacted_kept
+    if compacted_kept:
+        assert row["params_after"] < row["params_before"]
     text = (tmp_path / "README.md").read_text()
     assert "| smoke_cnn | group | 0.5 | compact |" in text and "vs best" in text
 

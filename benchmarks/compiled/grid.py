@@ -146,9 +146,10 @@ def run_flow(s: Subject, pruned32: nn.Module, flow: str, args) -> dict[str, Any]
     fast = spruce.convert(pruned32, "auto", dtype=s.dtype, example_input=s.inputs[0],
                           compile=args.compile, compact=flow == "compact")
     row["convert_s"] = round(time.perf_counter() - t0, 2)
-    if flow == "compact":  # kept only when not slower than the uncompacted dense twin
-        row["params_before"] = sum(p.numel() for p in pruned32.parameters())
-        row["params_after"] = sum(p.numel() for p in unwrap(fast).parameters())
+    report = getattr(unwrap(fast), "spruce_compaction", None)
+    row["compacted"] = report is not None  # compact: kept only when not slower than dense
+    if report is not None:
+        row["params_before"], row["params_after"] = report.params_before, report.params_after
     backends: dict[str, int] = {}
     for r in fast.spruce_report.rows:
         backends[r.backend] = backends.get(r.backend, 0) + 1

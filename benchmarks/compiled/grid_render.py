@@ -46,6 +46,8 @@ def row_cells(r: dict, d: dict) -> list[str]:
         notes.append(f"slower than best dense ({ratio:.2f}×)")
     if r.get("reverted"):
         notes.append(f"{r['reverted']} layers sent back to dense")
+    if r.get("flow") == "compact" and r.get("compacted") is False:
+        notes.append("compaction dropped: slower than the uncompacted dense twin")
     if r.get("params_after"):
         notes.append(f"params {r['params_after'] / r['params_before']:.2f}")
     return [r["model"], r["pattern"], f"{r['kept']:g}", r["flow"], _ms(r["ms"]),

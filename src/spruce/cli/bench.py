@@ -147,8 +147,9 @@ def characterize(
         fail(str(e))
     console.print(_headline_table(result.records))
     errors = sum(r.error is not None for r in result.records)
+    plots = f"; plots: {result.plots[0].parent}/" if result.plots else ""
     console.print(f"{len(result.records)} rows ({errors} not measured); report: "
-                  f"{result.report}")
+                  f"{result.report}{plots}")
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -76,10 +76,10 @@ _PAPER_MODELS = tuple(ModelCase(m, d, 64) for m in ("vgg16", "resnet18", "vit")
     ModelCase("vgg16", "imagenet", 64), ModelCase("bert_base", "qqp", 64))
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("quick", "small CIFAR-10 models and shrunken layers: a few minutes on a laptop CPU",
+    Preset("quick", "ResNet-18 and ViT on CIFAR-10 and a shrunken BERT layer: about a minute "
+           "and a half on 2 CPU cores",
            device="cpu", dtypes=("fp32",),
-           models=(ModelCase("vgg16", "cifar10", 2), ModelCase("resnet18", "cifar10", 2),
-                   ModelCase("vit", "cifar10", 2)),
+           models=(ModelCase("resnet18", "cifar10", 2), ModelCase("vit", "cifar10", 2)),
            layers=(scaled(LAYER_PRESETS["bert-base-ffn2"], 1 / 32),),   # 256 tokens
            model_timing=_CPU_FAST, layer_timing=_CPU_FAST),
     Preset("paper", "the full study: VGG-16, ResNet-18, ViT (CIFAR-10, Tiny-ImageNet, VGG-16 "

@@ -420,6 +420,11 @@ RESULTS: tuple[Result, ...] = (
            "BERT-base / QQP, group 50%, batch 1, CPU backends",
            "spruce bench model bert_base --dataset qqp --batch 1 -p group -d 0.5 "
            "-b groupwise -b csr -o DIR"),
+    Result("cpu/model-bert_base-compiled", "characterize",
+           "BERT-base / QQP, group 50%, batch 1: compacted + groupwise + compiled, against "
+           "eager and compiled dense",
+           "spruce bench model bert_base --dataset qqp --batch 1 -p group -d 0.5 -b groupwise "
+           "--compile default --compact --threads 2 -o DIR"),
     Result("cpu/model-resnet18", "characterize",
            "ResNet-18 / ImageNet, group 50%, batch 1, CPU backends",
            "spruce bench model resnet18 --dataset imagenet --batch 1 -p group -d 0.5 "

@@ -269,7 +269,8 @@ SUBSET_CLOSED = ("element", "vector")
 
 def mask_infos(f: Fields, key: str) -> dict[str, dict[str, Any]]:
     """The per-layer mask records of a header (``layers`` of a masked file, ``masks`` of a
-    compacted one): ``patterns`` a list of valid pattern specs, ``density`` a number."""
+    compacted one): ``patterns`` a list of valid pattern specs, ``density`` a number,
+    ``weights_changed`` (optional) true when the kept weights are not the original ones."""
     infos = f.dict(key)
     for name, info in infos.items():
         g = Fields(info, f.path, name, what="a mask record")
@@ -279,6 +280,8 @@ def mask_infos(f: Fields, key: str) -> dict[str, dict[str, Any]]:
             except (ValueError, TypeError, KeyError, AttributeError) as e:
                 g.fail("patterns", f"{spec!r:.80} is not a valid pattern ({e})")
         g.number("density", optional=True)
+        if "weights_changed" in info:  # a one-shot criterion or reconstruction refit them
+            g.bool("weights_changed")
     return infos
 
 

@@ -1,0 +1,185 @@
+"""SparseGPT (Frantar & Alistarh 2023): masks chosen by OBS saliency while the kept weights
+absorb the error, from each layer's input Hessian ``H = Σ x xᵀ`` (damped).
+
+Per pattern (solvers below):
+
+- ``element``, N:M, ``block``: the blocked OBS sweep over columns (``blocksize`` at a time):
+  the mask of the next columns is chosen from the *updated* weights by ``w² / [H⁻¹]_jj²``
+  — every run of M for N:M (the paper's N:M variant), every ``blocksize`` columns for
+  element and block, whose kept counts are spread over the column blocks so that the layer
+  keeps exactly the pattern's count — and each pruned weight's error is pushed onto the
+  columns after it.
+- ``group`` (whole input columns): greedy OBS column removal with the full inverse Hessian
+  (the column of least ``Σ_r w_rj² / [H⁻¹]_jj`` goes, the rest are updated and ``H⁻¹``
+  downdated, one unit at a time), then the exact least-squares weights of the kept columns,
+  ``Ŵ_S = W H[:, S] H[S, S]⁻¹`` — the FLAP/OBS column reconstruction.
+- ``channel`` (whole output rows): rows are ranked by the output energy they carry,
+  ``w_r H w_rᵀ`` (exactly what removing the row costs); nothing in the layer can take over
+  a removed output, so its weights are unchanged (its consumers see the zeros through the
+  sequential pass). Under ``scope="coupled"`` the consumers' columns are masked too and
+  are reconstructed by least squares after the coupled masks are attached.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...calibrate import InputStats
+from ...patterns import Pattern
+from ...patterns.base import kept_count, top_groups
+from ..base import register
+from .base import OneShot, round_half_up
+from .hessian import damped, factors, least_squares
+
+
+def obs_sweep(w: torch.Tensor, u: torch.Tensor, select, step: int, blocksize: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocked OBS sweep. ``select(a, b, w_window, d_window) -> keep [R, b - a]`` is
+    called every ``step`` columns on the current weights; returns (mask, new weights)."""
+    r, k = w.shape
+    w = w.clone()
+    mask = torch.zeros(r, k, dtype=torch.bool, device=w.device)
+    for i1 in range(0, k, blocksize):
+        i2 = min(i1 + blocksize, k)
+        w1, u1 = w[:, i1:i2].clone(), u[i1:i2, i1:i2]
+        d = u1.diagonal()
+        q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
+        keep1 = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if i % step == 0:
+                j = min(i + step, i2 - i1)
+                keep1[:, i:j] = select(i1 + i, i1 + j, w1[:, i:j], d[i:j])
+            col = w1[:, i]
+            q = col * keep1[:, i]
+            err = (col - q) / d[i]
+            w1[:, i:].sub_(err[:, None] * u1[i, i:][None, :])
+            q1[:, i], err1[:, i] = q, err
+        w[:, i1:i2] = q1
+        mask[:, i1:i2] = keep1
+        w[:, i2:].sub_(err1 @ u[i1:i2, i2:])
+    return mask, w
+
+
+def _window_step(pattern: Pattern, blocksize: int) -> tuple[int, int]:
+    """(selection step, sweep block size) aligned to the pattern's runs or tiles."""
+    if pattern.name == "vector":
+        m = pattern.m
+        return m, max(m, blocksize // m * m)
+    unit = pattern.block[1] if pattern.name == "block" else 1
+    size = max(unit, blocksize // unit * unit)
+    return size, size
+
+
+def _allocated(pattern: Pattern, shape: tuple[int, int], density: float):
+    """For element/block: kept groups in columns [a, b), spread so the layer keeps exactly
+    ``kept_count(density, groups)`` (cumulative rounding over column units)."""
+    r, k = shape
+    unit = pattern.block[1] if pattern.name == "block" else 1
+    ids, n_groups = pattern.group_ids(shape)
+    total = kept_count(density, n_groups)
+    units = math.ceil(k / unit)
+
+    def count(a: int, b: int) -> int:
+        ua, ub = a // unit, math.ceil(b / unit)
+        return round_half_up(total * ub / units) - round_half_up(total * ua / units)
+    return count
+
+
+def _sweep_solver(name, view, stats, pattern, density, alive, crit):
+    f = factors(stats, crit.damp, name)
+    w = view.clone()
+    w[:, f.dead] = 0
+    step, block = _window_step(pattern, crit.blocksize)
+    count = None if pattern.name == "vector" else _allocated(pattern, tuple(w.shape), density)
+
+    def select(a, b, w_win, d_win):
+        scores = (w_win.square() / d_win.square()[None, :]).cpu()
+        live = None if alive is None else alive[:, a:b].cpu()
+        if pattern.name == "vector":
+            keep = pattern.compute_mask(scores, None, live)
+        else:
+            g, _, ids = pattern.group_scores(scores, live)
+            keep = pattern.expand(top_groups(g, count(a, b)), ids)
+            keep = keep if live is None else keep & live
+        return keep.to(w_win.device)
+    mask, new = obs_sweep(w, f.u, select, step, block)
+    return mask, new
+
+
+def _group_solver(name, view, stats, pattern, density, alive, crit):
+    h = factors(stats, crit.damp, name).h  # checked: the damped Hessian is usable
+    taps = getattr(pattern, "taps", 1)
+    r, k = view.shape
+    n_units = k // taps
+    col_alive = torch.ones(k, dtype=torch.bool, device=view.device) if alive is None \
+        else alive.any(0)
+    unit_alive = col_alive.reshape(n_units, taps).any(1)
+    keep_units = min(kept_count(density, n_units), int(unit_alive.sum()))
+    removed = ~unit_alive
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    w = view.double().clone()
+    idx = torch.arange(k, device=view.device).reshape(n_units, taps)
+    for u in (~unit_alive).nonzero().squeeze(1).tolist():
+        w, hinv = _remove(w, hinv, idx[u])
+    for _ in range(int(unit_alive.sum()) - keep_units):
+        live = (~removed).nonzero().squeeze(1)
+        u = int(live[torch.argmin(_saliency(w, hinv, idx[live]))])
+        removed[u] = True
+        w, hinv = _remove(w, hinv, idx[u])
+    keep_cols = (~removed)[:, None].expand(n_units, taps).reshape(k)
+    new = least_squares(view, h, keep_cols)
+    mask = keep_cols[None, :].expand(r, k).clone()
+    return (mask if alive is None else mask & alive), new
+
+
+def _saliency(w: torch.Tensor, hinv: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """OBS cost of removing each unit (its columns ``units[u]``): ``tr(W_S [H⁻¹]_SS⁻¹ W_Sᵀ)``."""
+    if units.shape[1] == 1:
+        cols = units[:, 0]
+        return w[:, cols].square().sum(0) / hinv.diagonal()[cols]
+    blocks = torch.linalg.inv(hinv[units[:, :, None], units[:, None, :]])  # (U, t, t)
+    wb = w[:, units]  # (R, U, t)
+    return torch.einsum("rut,uts,rus->u", wb, blocks, wb)
+
+
+def _remove(w: torch.Tensor, hinv: torch.Tensor, cols: torch.Tensor):
+    """OBS removal of the columns ``cols``: the rest absorb their contribution."""
+    inv = torch.linalg.inv(hinv[cols][:, cols])
+    w = w - (w[:, cols] @ inv) @ hinv[cols, :]
+    hinv = hinv - hinv[:, cols] @ inv @ hinv[cols, :]
+    return w, hinv
+
+
+def _channel_solver(name, view, stats, pattern, density, alive, crit):
+    h, _ = damped(stats, crit.damp, name)
+    w = view.double()
+    energy = ((w @ h) * w).sum(1)  # w_r H w_rᵀ: the output energy of row r
+    rows_alive = None if alive is None else alive.any(1)
+    if rows_alive is not None:
+        energy = energy.masked_fill(~rows_alive, -math.inf)
+    keep = top_groups(energy.cpu(), kept_count(density, view.shape[0])).to(view.device)
+    mask = keep[:, None].expand_as(view).clone()
+    return (mask if alive is None else mask & alive), None
+
+
+@register("sparsegpt")
+class SparseGPT(OneShot):
+    """SparseGPT per pattern (see the module docstring); changes the kept weights."""
+
+    solvers = {"element": _sweep_solver, "vector": _sweep_solver, "block": _sweep_solver,
+               "group": _group_solver, "channel": _channel_solver}
+    needs_gram = True
+    changes_weights = True
+
+    def entry_scores(self, name: str, view: torch.Tensor, stats: InputStats) -> torch.Tensor:
+        """OBS saliency of each entry on the dense model: ``w² / [H⁻¹]_jj``."""
+        h, _ = damped(stats, self.damp, name)
+        hinv_diag = torch.cholesky_inverse(torch.linalg.cholesky(h)).diagonal().float()
+        return view.square() / hinv_diag.to(view.device)[None, :]
+
+    def finish(self, model, layers):
+        from .reconstruct import reconstruct_layers
+        return reconstruct_layers(model, layers, self.calibration, self.damp, self.blocksize)
+

@@ -77,17 +77,19 @@ class OneShot(Criterion):
                                   field="pattern")
 
     def prune_layers(self, model: nn.Module, layers: dict[str, nn.Module],
-                     patterns: dict[str, Pattern], targets: dict[str, float | None]
-                     ) -> SequentialResult:
+                     patterns: dict[str, Pattern], targets: dict[str, float | None],
+                     keep_weights: bool | None = None) -> SequentialResult:
         """Masks (2-D views, exact per pattern) for every layer, chosen in forward order;
-        the kept weights are the solver's when the criterion changes weights."""
+        the kept weights are the solver's when the criterion changes weights (unless
+        ``keep_weights=False``: then every weight is restored and only masks come back)."""
         def solve(name, layer, view, stats):
             alive = get_mask(layer)
             alive = None if alive is None else alive.to(view.device)
             return self.solvers[patterns[name].name](
                 name, view, stats, patterns[name], targets[name], alive, self)
         return sequential(model, layers, self.calibration, solve, self.name,
-                          self.needs_gram, keep_weights=self.changes_weights)
+                          self.needs_gram, keep_weights=self.changes_weights
+                          if keep_weights is None else keep_weights)
 
     # -- scores on the dense model (for scope="coupled") -------------------------------
     def entry_scores(self, name: str, view: torch.Tensor, stats: InputStats) -> torch.Tensor:

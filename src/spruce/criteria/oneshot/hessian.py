@@ -63,3 +63,28 @@ def least_squares(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor) -> torch
     out = torch.zeros_like(w64)
     out[:, s] = sol.T
     return out.to(w.dtype)
+
+
+def rowwise_least_squares(w: torch.Tensor, h: torch.Tensor, mask: torch.Tensor,
+                          budget: int = 1 << 25) -> torch.Tensor:
+    """Exact least squares per row under any mask: row r keeps ``S_r`` and gets
+    ``W_r H[:, S_r] H[S_r, S_r]⁻¹``. Rows are solved in chunks of at most ``budget``
+    Hessian entries (rows keeping fewer columns are padded with an identity block)."""
+    r, k = w.shape
+    counts = mask.sum(1)
+    width = max(1, int(counts.max()))
+    wh = w.double() @ h  # (R, K): the right-hand sides, W H
+    out = torch.zeros(r, k, dtype=torch.float64, device=w.device)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]  # kept first
+    valid = torch.arange(width, device=w.device)[None, :] < counts[:, None]
+    step = max(1, budget // (width * width))
+    eye = torch.eye(width, dtype=torch.float64, device=w.device)
+    for a in range(0, r, step):
+        idx, ok = order[a:a + step], valid[a:a + step]
+        hs = h[idx[:, :, None], idx[:, None, :]]  # (B, s, s)
+        both = ok[:, :, None] & ok[:, None, :]
+        hs = torch.where(both, hs, eye)
+        rhs = torch.where(ok, torch.gather(wh[a:a + step], 1, idx), 0.0)
+        sol = torch.cholesky_solve(rhs[:, :, None], torch.linalg.cholesky(hs))[:, :, 0]
+        out[a:a + step].scatter_(1, idx, torch.where(ok, sol, 0.0))
+    return out.to(w.dtype)

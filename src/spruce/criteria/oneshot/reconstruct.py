@@ -7,8 +7,11 @@ that come through the layers reconstructed before it (:func:`spruce.calibrate.se
 - a mask that keeps the same columns in every row (``group``; a consumer of coupled
   channels or heads) gets the exact least-squares weights ``Ŵ_S = W H[:, S] H[S, S]⁻¹``;
 - a mask that keeps whole rows (``channel``) has nothing to refit: the layer is left as is;
-- any other mask (element, N:M, block, learned) gets the SparseGPT OBS sweep with the mask
-  fixed: each pruned weight's error goes to the kept weights of the columns after it.
+- any other mask (element, N:M, block, learned) gets, per row, the exact least-squares
+  weights on that row's kept columns (``method="exact"``, the default: one ``|S_r|``-sized
+  solve per row, in chunks of bounded memory) or the SparseGPT OBS sweep with the mask
+  fixed (``method="sweep"``: cheaper, each pruned weight's error goes only to the kept
+  weights of the columns after it).
 
 Masks are never changed; the file and the report say the weights were.
 """
@@ -22,30 +25,35 @@ from torch import nn
 
 from ...calibrate import sequential
 from ...errors import SpruceError
-from ...masks import get_mask, mask_module, masked_layers
-from ...view import globs_of, matches
-from .hessian import factors, least_squares
+from ...masks import get_mask, mask_module, masked_layers, original_weight
+from ...view import globs_of, matches, view_of
+from .hessian import factors, least_squares, rowwise_least_squares
 
 
-def _fixed_mask_solver(damp: float, blocksize: int):
+METHODS = ("exact", "sweep")
+
+
+def _fixed_mask_solver(damp: float, blocksize: int, method: str):
     from .sparsegpt import obs_sweep
 
-    def solve(name, layer, view, stats):
+    def solve(name, layer, masked, stats):
+        # the dense weights: the pruned ones' contribution is what the kept ones absorb
+        view = view_of(layer, original_weight(layer)).detach().float()
         mask = get_mask(layer).to(view.device)
-        rows_whole = bool((mask.all(1) | ~mask.any(1)).all())
-        if rows_whole:
-            return mask, None
-        if bool((mask == mask[:1]).all()):
-            return mask, least_squares(view, factors(stats, damp, name).h, mask[0])
+        if bool((mask.all(1) | ~mask.any(1)).all()):
+            return mask, None  # whole rows: nothing in the layer can take over an output
         f = factors(stats, damp, name)
-        keep, new = obs_sweep(view, f.u, lambda a, b, w, d: mask[:, a:b], 1 << 30, blocksize)
-        return keep, new
+        if bool((mask == mask[:1]).all()):
+            return mask, least_squares(view, f.h, mask[0])
+        if method == "exact":
+            return mask, rowwise_least_squares(view, f.h, mask)
+        return obs_sweep(view, f.u, lambda a, b, w, d: mask[:, a:b], 1 << 30, blocksize)
     return solve
 
 
 def reconstruct_layers(model: nn.Module, layers: dict[str, nn.Module],
                        calibration: Iterable | None, damp: float = 0.01,
-                       blocksize: int = 128) -> list[str]:
+                       blocksize: int = 128, method: str = "exact") -> list[str]:
     """Refit the kept weights of ``layers`` (each carrying a spruce mask) in forward order;
     returns the names of the layers whose weights changed."""
     from ...learned.masks import learned_module
@@ -57,7 +65,10 @@ def reconstruct_layers(model: nn.Module, layers: dict[str, nn.Module],
         if mask_module(layer) is None:
             raise SpruceError("the layer has no spruce mask to reconstruct under; prune it "
                               "first or leave it out", layer=name)
-    done = sequential(model, layers, calibration, _fixed_mask_solver(damp, blocksize),
+    if method not in METHODS:
+        raise SpruceError(f"reconstruction method must be one of {', '.join(METHODS)}; got "
+                          f"{method!r}", field="method")
+    done = sequential(model, layers, calibration, _fixed_mask_solver(damp, blocksize, method),
                       "reconstruct", gram=True, keep_weights=True)
     for name in done.changed:
         mask_module(layers[name]).info["weights_changed"] = True
@@ -65,7 +76,7 @@ def reconstruct_layers(model: nn.Module, layers: dict[str, nn.Module],
 
 
 def reconstruct(model: nn.Module, calibration: Iterable, exclude: str | Iterable[str] = (),
-                damp: float = 0.01, blocksize: int = 128) -> list[str]:
+                damp: float = 0.01, blocksize: int = 128, method: str = "exact") -> list[str]:
     """Least-squares reconstruction of every masked layer's kept weights (see the module
     docstring); ``calibration`` as for ``spruce.prune``. Returns the layers changed."""
     globs = globs_of(exclude)
@@ -74,4 +85,4 @@ def reconstruct(model: nn.Module, calibration: Iterable, exclude: str | Iterable
         raise SpruceError("the model carries no spruce mask: prune it (or harden its learned "
                           "masks) before reconstructing")
     with torch.no_grad():
-        return reconstruct_layers(model, layers, calibration, damp, blocksize)
+        return reconstruct_layers(model, layers, calibration, damp, blocksize, method)

@@ -10,8 +10,9 @@ Per pattern (solvers below):
   keeps exactly the pattern's count — and each pruned weight's error is pushed onto the
   columns after it.
 - ``group`` (whole input columns): greedy OBS column removal with the full inverse Hessian
-  (the column of least ``Σ_r w_rj² / [H⁻¹]_jj`` goes, the rest are updated and ``H⁻¹``
-  downdated, one unit at a time), then the exact least-squares weights of the kept columns,
+  (the columns of least ``Σ_r w_rj² / [H⁻¹]_jj`` go, the rest are updated and ``H⁻¹``
+  downdated, in ``column_rounds`` rounds, default 32; one unit a round is the exact greedy
+  order), then the exact least-squares weights of the kept columns,
   ``Ŵ_S = W H[:, S] H[S, S]⁻¹`` — the FLAP/OBS column reconstruction.
 - ``channel`` (whole output rows): rows are ranked by the output energy they carry,
   ``w_r H w_rᵀ`` (exactly what removing the row costs); nothing in the layer can take over
@@ -27,6 +28,7 @@ import math
 import torch
 
 from ...calibrate import InputStats
+from ...errors import SpruceError
 from ...patterns import Pattern
 from ...patterns.base import kept_count, top_groups
 from ..base import register
@@ -39,27 +41,23 @@ def obs_sweep(w: torch.Tensor, u: torch.Tensor, select, step: int, blocksize: in
     """The blocked OBS sweep. ``select(a, b, w_window, d_window) -> keep [R, b - a]`` is
     called every ``step`` columns on the current weights; returns (mask, new weights)."""
     r, k = w.shape
-    w = w.clone()
-    mask = torch.zeros(r, k, dtype=torch.bool, device=w.device)
+    wt = w.T.contiguous()  # (K, R): a column of w is a contiguous row here
+    mask = torch.zeros(k, r, dtype=torch.bool, device=w.device)
     for i1 in range(0, k, blocksize):
         i2 = min(i1 + blocksize, k)
-        w1, u1 = w[:, i1:i2].clone(), u[i1:i2, i1:i2]
+        w1, u1 = wt[i1:i2], u[i1:i2, i1:i2]  # w1 is updated in place
         d = u1.diagonal()
-        q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
-        keep1 = torch.zeros_like(w1, dtype=torch.bool)
+        err1 = torch.empty_like(w1)
+        keep1 = mask[i1:i2]
         for i in range(i2 - i1):
             if i % step == 0:
                 j = min(i + step, i2 - i1)
-                keep1[:, i:j] = select(i1 + i, i1 + j, w1[:, i:j], d[i:j])
-            col = w1[:, i]
-            q = col * keep1[:, i]
-            err = (col - q) / d[i]
-            w1[:, i:].sub_(err[:, None] * u1[i, i:][None, :])
-            q1[:, i], err1[:, i] = q, err
-        w[:, i1:i2] = q1
-        mask[:, i1:i2] = keep1
-        w[:, i2:].sub_(err1 @ u[i1:i2, i2:])
-    return mask, w
+                keep1[i:j] = select(i1 + i, i1 + j, w1[i:j].T, d[i:j]).T
+            err = err1[i]
+            torch.mul(w1[i], ~keep1[i], out=err).div_(d[i])  # (w − q) / d
+            w1[i:].addr_(u1[i, i:], err, alpha=-1)  # w1[i] becomes q
+        wt[i2:].addmm_(u[i1:i2, i2:].T, err1, alpha=-1)
+    return mask.T.contiguous(), wt.T.contiguous()
 
 
 def _window_step(pattern: Pattern, blocksize: int) -> tuple[int, int]:
@@ -123,11 +121,16 @@ def _group_solver(name, view, stats, pattern, density, alive, crit):
     idx = torch.arange(k, device=view.device).reshape(n_units, taps)
     for u in (~unit_alive).nonzero().squeeze(1).tolist():
         w, hinv = _remove(w, hinv, idx[u])
-    for _ in range(int(unit_alive.sum()) - keep_units):
+    excess = int(unit_alive.sum()) - keep_units
+    chunk = max(1, math.ceil(excess / crit.column_rounds))
+    while excess > 0:
         live = (~removed).nonzero().squeeze(1)
-        u = int(live[torch.argmin(_saliency(w, hinv, idx[live]))])
-        removed[u] = True
-        w, hinv = _remove(w, hinv, idx[u])
+        n = min(chunk, excess)
+        order = torch.argsort(_saliency(w, hinv, idx[live]), stable=True)[:n]
+        units = live[order]
+        removed[units] = True
+        w, hinv = _remove(w, hinv, idx[units].reshape(-1))
+        excess -= n
     keep_cols = (~removed)[:, None].expand(n_units, taps).reshape(k)
     new = least_squares(view, h, keep_cols)
     mask = keep_cols[None, :].expand(r, k).clone()
@@ -172,6 +175,18 @@ class SparseGPT(OneShot):
                "group": _group_solver, "channel": _channel_solver}
     needs_gram = True
     changes_weights = True
+
+    def __init__(self, calibration=None, damp: float = 0.01, blocksize: int = 128,
+                 column_rounds: int = 32):
+        super().__init__(calibration, damp, blocksize)
+        if isinstance(column_rounds, bool) or not isinstance(column_rounds, int) \
+                or column_rounds < 1:
+            raise SpruceError(f"column_rounds must be a positive integer (default 32); got "
+                              f"{column_rounds!r}", field="column_rounds")
+        self.column_rounds = column_rounds
+
+    def spec(self):
+        return {**super().spec(), "column_rounds": self.column_rounds}
 
     def entry_scores(self, name: str, view: torch.Tensor, stats: InputStats) -> torch.Tensor:
         """OBS saliency of each entry on the dense model: ``w² / [H⁻¹]_jj``."""

@@ -173,3 +173,30 @@ def test_rowwise_least_squares_is_the_least_squares_solution():
         best = torch.linalg.lstsq(x[:, s].double(), (x @ w[r]).double()).solution
         torch.testing.assert_close(out[r, s].double(), best, rtol=1e-4, atol=1e-4)
         assert bool((out[r, ~mask[r]] == 0).all())
+
+
+def test_dense_targets_fit_the_dense_outputs():
+    from spruce.calibrate import InputStats
+    from spruce.criteria.oneshot.hessian import dense_target
+    x = correlated_inputs(300, 12, seed=6)
+    w = torch.randn(5, 12, generator=torch.Generator().manual_seed(7))
+    same = InputStats(x.square().sum(0), x.T @ x, 300, cross=x.T @ x)
+    torch.testing.assert_close(dense_target(w, same, 0.01, "l"), w, rtol=1e-4, atol=1e-4)
+    xp = x + 0.3 * correlated_inputs(300, 12, seed=8)  # what a pruned model feeds the layer
+    shifted = InputStats(xp.square().sum(0), xp.T @ xp, 300, cross=x.T @ xp)
+    best = torch.linalg.lstsq(xp.double(), (x @ w.T).double()).solution.T
+    torch.testing.assert_close(dense_target(w, shifted, 0.0, "l").double(), best,
+                               rtol=1e-3, atol=1e-3)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 48), nn.GELU(), nn.Linear(48, 48), nn.GELU(),
+                          nn.Linear(48, 6))
+    ref = model(x).detach()
+    errs = {}
+    for targets in ("pruned", "dense"):
+        m = copy.deepcopy(model)
+        spruce.prune(m, "group", 0.5, criterion=SparseGPT(targets=targets), calibration=[x])
+        errs[targets] = float((m(x) - ref).norm())
+    assert errs["dense"] < errs["pruned"], errs
+    with pytest.raises(spruce.errors.SpruceError, match="targets must be one of"):
+        SparseGPT(targets="teacher")

@@ -18,6 +18,7 @@ A batch is what the model takes, like ``example_input``: a tensor (``model(x)``)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +40,17 @@ class InputStats:
     sumsq: torch.Tensor  # [K] fp32: Σ_n x_nj² (Wanda's ‖X_j‖₂²)
     gram: torch.Tensor | None  # [K, K] fp32: Σ_n x_n x_nᵀ (None when only norms are needed)
     rows: int = 0  # N, calibration rows seen (tokens, or output positions of a conv)
+    cross: torch.Tensor | None = None  # [K, K] fp32: Σ_n x_n^dense x_nᵀ (targets="dense")
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, dense: torch.Tensor | None = None) -> None:
         x = x.float()
         self.sumsq += x.square().sum(0)
         if self.gram is not None:
             self.gram.addmm_(x.T, x)
+        if dense is not None:
+            if self.cross is None:
+                self.cross = torch.zeros_like(self.gram)
+            self.cross.addmm_(dense.float().T, x)
         self.rows += x.shape[0]
 
 
@@ -181,14 +187,42 @@ def stages_of(model: nn.Module, layers: dict[str, nn.Module], batch: Any,
     return stages, calls
 
 
+def _dense_rows(dense: nn.Module, stage: list[str], batch: Any, expected: int,
+                device: torch.device, index: int) -> dict[str, list[torch.Tensor]]:
+    """The stage's input rows in the dense model, per layer and call."""
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in stage}
+    state = {"seen": 0, "x": None, "rows": None}
+
+    def hook(name):
+        def fn(module, args):
+            if args[0] is not state["x"]:
+                state["x"], state["rows"] = args[0], input_rows(name, module, args[0].detach())
+            out[name].append(state["rows"])
+            state["seen"] += 1
+            if state["seen"] == expected:
+                raise _Stop
+        return fn
+
+    handles = [dense.get_submodule(n).register_forward_pre_hook(hook(n)) for n in stage]
+    try:
+        call(dense, batch, device, index)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 def collect(model: nn.Module, layers: dict[str, nn.Module], stage: list[str],
-            batches: list[Any], calls: dict[str, int], device: torch.device, gram: bool
-            ) -> dict[str, InputStats]:
+            batches: list[Any], calls: dict[str, int], device: torch.device, gram: bool,
+            dense: nn.Module | None = None) -> dict[str, InputStats]:
     """Input statistics of the stage's layers over every batch; layers called on one input
-    tensor share one :class:`InputStats`."""
+    tensor share one :class:`InputStats`. With ``dense`` (the unpruned model), also the
+    cross term between the dense model's inputs and the pruned model's."""
     stats: dict[str, InputStats] = {}
     expected = sum(calls[n] for n in stage)
-    state = {"seen": 0, "x": None, "stats": None}
+    state: dict[str, Any] = {"seen": 0, "x": None, "stats": None, "dense": None}
 
     def hook(name):
         def fn(module, args):
@@ -203,8 +237,11 @@ def collect(model: nn.Module, layers: dict[str, nn.Module], stage: list[str],
                     own = InputStats(torch.zeros(k, device=rows.device),
                                      torch.zeros(k, k, device=rows.device) if gram else None)
                     stats[name] = own
-                own.add(rows)
+                target = None if state["dense"] is None else \
+                    state["dense"][name][state["calls"][name]]
+                own.add(rows, target)
                 state["x"], state["stats"] = x, own
+            state["calls"][name] += 1
             state["seen"] += 1
             if state["seen"] == expected:
                 raise _Stop
@@ -214,7 +251,10 @@ def collect(model: nn.Module, layers: dict[str, nn.Module], stage: list[str],
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                state.update(seen=0, x=None, stats=None)
+                targets = None if dense is None else \
+                    _dense_rows(dense, stage, batch, expected, device, i)
+                state.update(seen=0, x=None, stats=None, dense=targets,
+                             calls=dict.fromkeys(stage, 0))
                 try:
                     call(model, batch, device, i)
                 except _Stop:
@@ -238,24 +278,27 @@ class SequentialResult:
 
 
 def sequential(model: nn.Module, layers: dict[str, nn.Module], calibration: Iterable | None,
-               solve: Solver, criterion: str, gram: bool, keep_weights: bool
-               ) -> SequentialResult:
+               solve: Solver, criterion: str, gram: bool, keep_weights: bool,
+               dense_targets: bool = False) -> SequentialResult:
     """Solve every layer in forward order on inputs through the layers solved before it.
 
     ``solve(name, layer, view, stats) -> (mask view, new weight view or None)``; the view
     passed is the layer's current (masked) weight in fp32. While the pass runs, each solved
     layer computes with its new weights times its mask; afterwards the weights are the
     solver's (``keep_weights``) or restored to the originals. An error restores every
-    weight, so the model is left as it was.
+    weight, so the model is left as it was. ``dense_targets``: a copy of the model as it
+    was at the start runs beside it (twice the weights' memory), and ``stats.cross`` pairs
+    its inputs with the pruned model's, so solvers can fit the *dense* outputs.
     """
     batches = batches_of(calibration, criterion)
     device = model_device(model)
     stages, calls = stages_of(model, layers, batches[0], device)
+    dense = copy.deepcopy(model) if dense_targets else None
     backup: dict[str, torch.Tensor] = {}
     masks, changed = {}, []
     try:
         for stage in stages:
-            stats = collect(model, layers, stage, batches, calls, device, gram)
+            stats = collect(model, layers, stage, batches, calls, device, gram, dense)
             for name in stage:
                 layer = layers[name]
                 view = layer_view(layer).detach().float()

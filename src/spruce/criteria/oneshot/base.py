@@ -25,6 +25,7 @@ from ...masks import get_mask
 from ...patterns import Pattern
 from ...view import layer_view
 from ..base import Criterion
+from .hessian import dense_target
 
 # (name, weight view fp32 [R, K], input stats, pattern, density, alive [R, K] | None,
 #  criterion) -> (mask [R, K] bool, new weight view or None)
@@ -83,13 +84,15 @@ class OneShot(Criterion):
         the kept weights are the solver's when the criterion changes weights (unless
         ``keep_weights=False``: then every weight is restored and only masks come back)."""
         def solve(name, layer, view, stats):
+            view = dense_target(view, stats, self.damp, name)
             alive = get_mask(layer)
             alive = None if alive is None else alive.to(view.device)
             return self.solvers[patterns[name].name](
                 name, view, stats, patterns[name], targets[name], alive, self)
         return sequential(model, layers, self.calibration, solve, self.name,
                           self.needs_gram, keep_weights=self.changes_weights
-                          if keep_weights is None else keep_weights)
+                          if keep_weights is None else keep_weights,
+                          dense_targets=getattr(self, "targets", "pruned") == "dense")
 
     # -- scores on the dense model (for scope="coupled") -------------------------------
     def entry_scores(self, name: str, view: torch.Tensor, stats: InputStats) -> torch.Tensor:

@@ -88,3 +88,16 @@ def rowwise_least_squares(w: torch.Tensor, h: torch.Tensor, mask: torch.Tensor,
         sol = torch.cholesky_solve(rhs[:, :, None], torch.linalg.cholesky(hs))[:, :, 0]
         out[a:a + step].scatter_(1, idx, torch.where(ok, sol, 0.0))
     return out.to(w.dtype)
+
+
+def dense_target(w: torch.Tensor, stats: InputStats, damp: float, name: str) -> torch.Tensor:
+    """The weights that best map the pruned model's inputs to the dense model's outputs,
+    pulled towards ``W`` by the damping: ``Ŵ₀ = W (C + λI) (Ĥ + λI)⁻¹`` with ``C = Σ x xᵀ̂``
+    (dense × pruned inputs). ``‖W X − Ŵ X̂‖² = ‖(Ŵ₀ − Ŵ) X̂‖² + const``, so every solver
+    that fits ``Ŵ₀`` under ``Ĥ`` fits the dense outputs. Equals ``W`` when ``X̂ = X``."""
+    if stats.cross is None:
+        return w
+    h, _ = damped(stats, damp, name)
+    c = stats.cross.double() + (h - stats.gram.double())  # the same diagonal additions
+    sol = torch.cholesky_solve(c.T @ w.double().T, torch.linalg.cholesky(h))
+    return sol.T.to(w.dtype)

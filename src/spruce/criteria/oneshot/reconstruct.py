@@ -27,21 +27,22 @@ from ...calibrate import sequential
 from ...errors import SpruceError
 from ...masks import get_mask, mask_module, masked_layers, original_weight
 from ...view import globs_of, matches, view_of
-from .hessian import factors, least_squares, rowwise_least_squares
+from .hessian import dense_target, factors, least_squares, rowwise_least_squares
 
 
 METHODS = ("exact", "sweep")
 
 
-def _fixed_mask_solver(damp: float, blocksize: int, method: str):
+def _fixed_mask_solver(damp: float, blocksize: int, method: str):  # noqa: C901
     from .sparsegpt import obs_sweep
 
     def solve(name, layer, masked, stats):
         # the dense weights: the pruned ones' contribution is what the kept ones absorb
         view = view_of(layer, original_weight(layer)).detach().float()
         mask = get_mask(layer).to(view.device)
-        if bool((mask.all(1) | ~mask.any(1)).all()):
+        if bool((mask.all(1) | ~mask.any(1)).all()) and stats.cross is None:
             return mask, None  # whole rows: nothing in the layer can take over an output
+        view = dense_target(view, stats, damp, name)
         f = factors(stats, damp, name)
         if bool((mask == mask[:1]).all()):
             return mask, least_squares(view, f.h, mask[0])
@@ -53,7 +54,8 @@ def _fixed_mask_solver(damp: float, blocksize: int, method: str):
 
 def reconstruct_layers(model: nn.Module, layers: dict[str, nn.Module],
                        calibration: Iterable | None, damp: float = 0.01,
-                       blocksize: int = 128, method: str = "exact") -> list[str]:
+                       blocksize: int = 128, method: str = "exact", targets: str = "pruned"
+                       ) -> list[str]:
     """Refit the kept weights of ``layers`` (each carrying a spruce mask) in forward order;
     returns the names of the layers whose weights changed."""
     from ...learned.masks import learned_module
@@ -69,20 +71,24 @@ def reconstruct_layers(model: nn.Module, layers: dict[str, nn.Module],
         raise SpruceError(f"reconstruction method must be one of {', '.join(METHODS)}; got "
                           f"{method!r}", field="method")
     done = sequential(model, layers, calibration, _fixed_mask_solver(damp, blocksize, method),
-                      "reconstruct", gram=True, keep_weights=True)
+                      "reconstruct", gram=True, keep_weights=True,
+                      dense_targets=targets == "dense")
     for name in done.changed:
         mask_module(layers[name]).info["weights_changed"] = True
     return done.changed
 
 
 def reconstruct(model: nn.Module, calibration: Iterable, exclude: str | Iterable[str] = (),
-                damp: float = 0.01, blocksize: int = 128, method: str = "exact") -> list[str]:
+                damp: float = 0.01, blocksize: int = 128, method: str = "exact",
+                targets: str = "pruned") -> list[str]:
     """Least-squares reconstruction of every masked layer's kept weights (see the module
-    docstring); ``calibration`` as for ``spruce.prune``. Returns the layers changed."""
+    docstring); ``calibration`` as for ``spruce.prune``; ``targets="dense"`` fits the dense
+    model's outputs (see ``spruce.criteria.oneshot.sparsegpt.TARGETS``). Returns the layers
+    changed."""
     globs = globs_of(exclude)
     layers = {n: m for n, m in masked_layers(model).items() if not matches(n, globs)}
     if not layers:
         raise SpruceError("the model carries no spruce mask: prune it (or harden its learned "
                           "masks) before reconstructing")
     with torch.no_grad():
-        return reconstruct_layers(model, layers, calibration, damp, blocksize, method)
+        return reconstruct_layers(model, layers, calibration, damp, blocksize, method, targets)

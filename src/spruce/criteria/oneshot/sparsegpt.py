@@ -4,7 +4,8 @@ absorb the error, from each layer's input Hessian ``H = Σ x xᵀ`` (damped).
 Per pattern (solvers below):
 
 - ``element``, N:M, ``block``: the blocked OBS sweep over columns (``blocksize`` at a time):
-  the mask of the next columns is chosen from the *updated* weights by ``w² / [H⁻¹]_jj²``
+  the mask of the next columns is chosen from the *updated* weights by ``|w| / [U]_jj``
+  (``U`` the upper Cholesky factor of ``H⁻¹``; its square is SparseGPT's ``w² / U_jj²``)
   — every run of M for N:M (the paper's N:M variant), every ``blocksize`` columns for
   element and block, whose kept counts are spread over the column blocks so that the layer
   keeps exactly the pattern's count — and each pruned weight's error is pushed onto the
@@ -19,6 +20,10 @@ Per pattern (solvers below):
   a removed output, so its weights are unchanged (its consumers see the zeros through the
   sequential pass). Under ``scope="coupled"`` the consumers' columns are masked too and
   are reconstructed by least squares after the coupled masks are attached.
+
+``damp`` (default 0.01 of the mean diagonal) damps ``H``; ``blocksize`` (default 128) is the
+sweep's block of columns; ``targets="dense"`` fits each layer to the dense model's outputs
+instead of its own (see ``TARGETS``).
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def _sweep_solver(name, view, stats, pattern, density, alive, crit):
     count = None if pattern.name == "vector" else _allocated(pattern, tuple(w.shape), density)
 
     def select(a, b, w_win, d_win):
-        scores = (w_win.square() / d_win.square()[None, :]).cpu()
+        scores = (w_win.abs() / d_win[None, :]).cpu()  # squared: the OBS saliency
         live = None if alive is None else alive[:, a:b].cpu()
         if pattern.name == "vector":
             keep = pattern.compute_mask(scores, None, live)
@@ -167,6 +172,12 @@ def _channel_solver(name, view, stats, pattern, density, alive, crit):
     return (mask if alive is None else mask & alive), None
 
 
+# What each layer's kept weights are fitted to: "pruned" (the paper) its own outputs on the
+# inputs it now gets; "dense" the dense model's outputs (a copy of the model runs beside it,
+# twice the weights' memory), which also corrects the error of the layers before it.
+TARGETS = ("pruned", "dense")
+
+
 @register("sparsegpt")
 class SparseGPT(OneShot):
     """SparseGPT per pattern (see the module docstring); changes the kept weights."""
@@ -177,8 +188,12 @@ class SparseGPT(OneShot):
     changes_weights = True
 
     def __init__(self, calibration=None, damp: float = 0.01, blocksize: int = 128,
-                 column_rounds: int = 32):
+                 column_rounds: int = 32, targets: str = "pruned"):
         super().__init__(calibration, damp, blocksize)
+        if targets not in TARGETS:
+            raise SpruceError(f"targets must be one of {', '.join(TARGETS)}; got {targets!r}",
+                              field="targets")
+        self.targets = targets
         if isinstance(column_rounds, bool) or not isinstance(column_rounds, int) \
                 or column_rounds < 1:
             raise SpruceError(f"column_rounds must be a positive integer (default 32); got "
@@ -186,15 +201,17 @@ class SparseGPT(OneShot):
         self.column_rounds = column_rounds
 
     def spec(self):
-        return {**super().spec(), "column_rounds": self.column_rounds}
+        return {**super().spec(), "column_rounds": self.column_rounds, "targets": self.targets}
 
     def entry_scores(self, name: str, view: torch.Tensor, stats: InputStats) -> torch.Tensor:
-        """OBS saliency of each entry on the dense model: ``w² / [H⁻¹]_jj``."""
+        """``|w| / √[H⁻¹]_jj`` on the dense model: its square is the OBS saliency, so the
+        patterns' sum of squared scores is the saliency of a whole group."""
         h, _ = damped(stats, self.damp, name)
         hinv_diag = torch.cholesky_inverse(torch.linalg.cholesky(h)).diagonal().float()
-        return view.square() / hinv_diag.to(view.device)[None, :]
+        return view.abs() / hinv_diag.to(view.device).sqrt()[None, :]
 
     def finish(self, model, layers):
         from .reconstruct import reconstruct_layers
-        return reconstruct_layers(model, layers, self.calibration, self.damp, self.blocksize)
+        return reconstruct_layers(model, layers, self.calibration, self.damp, self.blocksize,
+                                  targets=self.targets)
 

@@ -86,3 +86,17 @@ def test_coupled_channels_with_sparsegpt_refit_the_consumers():
         errs[crit] = float((model(x) - dense(x)).norm())
         assert report.changed == (["2"] if crit == "sparsegpt" else [])
     assert errs["sparsegpt"] < errs["wanda"]
+
+
+def test_reconstruction_with_dense_targets_fits_the_unmasked_model():
+    x = torch.randn(256, 16) * torch.logspace(-1, 1, 16)
+    dense = net()
+    errs = {}
+    for targets in ("pruned", "dense"):
+        model = net()
+        spruce.prune(model, "2:4")
+        before = float((model(x) - dense(x)).detach().norm())
+        reconstruct(model, [x], targets=targets)
+        errs[targets] = float((model(x) - dense(x)).detach().norm())
+        assert errs[targets] < before
+    assert errs["dense"] < errs["pruned"], errs

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from .errors import SpruceError
-from .masks import original_weight
+from .masks import mask_module, original_weight, set_submodule, unparametrized
 from .view import layer_view, type_name, unview
 
 
@@ -286,14 +286,15 @@ def sequential(model: nn.Module, layers: dict[str, nn.Module], calibration: Iter
     passed is the layer's current (masked) weight in fp32. While the pass runs, each solved
     layer computes with its new weights times its mask; afterwards the weights are the
     solver's (``keep_weights``) or restored to the originals. An error restores every
-    weight, so the model is left as it was. ``dense_targets``: a copy of the model as it
-    was at the start runs beside it (twice the weights' memory), and ``stats.cross`` pairs
-    its inputs with the pruned model's, so solvers can fit the *dense* outputs.
+    weight, so the model is left as it was. ``dense_targets``: a copy of the model with
+    every mask lifted (the original weights) runs beside it (twice the weights' memory), and
+    ``stats.cross`` pairs its inputs with the pruned model's, so solvers can fit the
+    *dense* outputs.
     """
     batches = batches_of(calibration, criterion)
     device = model_device(model)
     stages, calls = stages_of(model, layers, batches[0], device)
-    dense = copy.deepcopy(model) if dense_targets else None
+    dense = _dense_copy(model) if dense_targets else None
     backup: dict[str, torch.Tensor] = {}
     masks, changed = {}, []
     try:
@@ -318,6 +319,15 @@ def sequential(model: nn.Module, layers: dict[str, nn.Module], calibration: Iter
     if not keep_weights:
         _restore(layers, backup)
     return SequentialResult(masks, changed)
+
+
+def _dense_copy(model: nn.Module) -> nn.Module:
+    """A copy of the model computing with every layer's original (unmasked) weights."""
+    dense = copy.deepcopy(model)
+    for name, layer in list(dense.named_modules()):
+        if mask_module(layer) is not None:
+            set_submodule(dense, name, unparametrized(layer))
+    return dense
 
 
 def _restore(layers: dict[str, nn.Module], backup: dict[str, torch.Tensor]) -> None:

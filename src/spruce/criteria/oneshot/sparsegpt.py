@@ -18,8 +18,9 @@ Per pattern (solvers below):
 - ``channel`` (whole output rows): rows are ranked by the output energy they carry,
   ``w_r H w_rᵀ`` (exactly what removing the row costs); nothing in the layer can take over
   a removed output, so its weights are unchanged (its consumers see the zeros through the
-  sequential pass). Under ``scope="coupled"`` the consumers' columns are masked too and
-  are reconstructed by least squares after the coupled masks are attached.
+  sequential pass). Under ``scope="coupled"`` units are ranked by Wanda scores on the dense
+  inputs, and the consumers' columns, masked with them, are reconstructed by least squares
+  after the coupled masks are attached.
 
 ``damp`` (default 0.01 of the mean diagonal) damps ``H``; ``blocksize`` (default 128) is the
 sweep's block of columns; ``targets="dense"`` fits each layer to the dense model's outputs
@@ -38,6 +39,7 @@ from ...patterns import Pattern
 from ...patterns.base import kept_count, top_groups
 from ..base import register
 from .base import OneShot, round_half_up
+from .wanda import wanda_scores
 from .hessian import damped, factors, least_squares
 
 
@@ -204,11 +206,10 @@ class SparseGPT(OneShot):
         return {**super().spec(), "column_rounds": self.column_rounds, "targets": self.targets}
 
     def entry_scores(self, name: str, view: torch.Tensor, stats: InputStats) -> torch.Tensor:
-        """``|w| / √[H⁻¹]_jj`` on the dense model: its square is the OBS saliency, so the
-        patterns' sum of squared scores is the saliency of a whole group."""
-        h, _ = damped(stats, self.damp, name)
-        hinv_diag = torch.cholesky_inverse(torch.linalg.cholesky(h)).diagonal().float()
-        return view.abs() / hinv_diag.to(view.device).sqrt()[None, :]
+        """Coupled units span output rows of some layers and input columns of others; the
+        per-column OBS saliency does not price a row, so units are ranked by Wanda's
+        ``|w|·‖X_j‖`` on the dense inputs, and :meth:`finish` refits the consumers."""
+        return wanda_scores(view, stats)
 
     def finish(self, model, layers):
         from .reconstruct import reconstruct_layers

@@ -84,7 +84,9 @@ def test_coupled_channels_with_sparsegpt_refit_the_consumers():
         report = spruce.prune(model, "channel", 0.5, scope="coupled", example_input=x[:2],
                               criterion=crit, calibration=[x])
         errs[crit] = float((model(x) - dense(x)).norm())
-        assert report.changed == (["2"] if crit == "sparsegpt" else [])
+        # the consumer of the removed channels is refit to the dense outputs (the producer,
+        # whose rows are whole, may be refit too: its kept rows are fitted the same way)
+        assert ("2" in report.changed) == (crit == "sparsegpt")
     assert errs["sparsegpt"] < errs["wanda"]
 
 

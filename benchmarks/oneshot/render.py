@@ -47,13 +47,13 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, crit in enumerate(c for c in ORDER if any(r["criterion"] == c for r in rows)):
         mine = [r for r in rows if r["criterion"] == crit]
+        dx = (i - 3.5) * 0.006  # spread criteria sharing a kept fraction
         group = sorted((r for r in mine if r["pattern"].startswith("group")),
                        key=lambda r: r["kept"])
         if len(group) > 1:
-            ax.plot([r["kept"] for r in group], [r["heldout"]["cosine"] for r in group],
+            ax.plot([r["kept"] + dx for r in group], [r["heldout"]["cosine"] for r in group],
                     "-", color=f"C{i}", alpha=.6)
         for j, r in enumerate(mine):
-            dx = (i - 3.5) * 0.006  # spread criteria sharing a kept fraction
             ax.scatter(r["kept"] + dx, r["heldout"]["cosine"], color=f"C{i}",
                        marker=MARKERS.get(r["pattern"], "x"), label=crit if j == 0 else None)
             ax.scatter(r["kept"] + dx, r["prose"]["cosine"], facecolors="none",

@@ -20,7 +20,7 @@ Per pattern (solvers below):
   a removed output, so its weights are unchanged (its consumers see the zeros through the
   sequential pass). Under ``scope="coupled"`` units are ranked by Wanda scores on the dense
   inputs, and the consumers' columns, masked with them, are reconstructed by least squares
-  after the coupled masks are attached.
+  to the dense model's outputs after the coupled masks are attached.
 
 ``damp`` (default 0.01 of the mean diagonal) damps ``H``; ``blocksize`` (default 128) is the
 sweep's block of columns; ``targets="dense"`` fits each layer to the dense model's outputs
@@ -212,7 +212,10 @@ class SparseGPT(OneShot):
         return wanda_scores(view, stats)
 
     def finish(self, model, layers):
+        """Coupled masks: the consumers are fitted to the *dense* outputs whatever
+        ``targets`` says — in the pruned model their removed inputs are dead channels, so
+        their own outputs hold nothing of what those channels carried."""
         from .reconstruct import reconstruct_layers
         return reconstruct_layers(model, layers, self.calibration, self.damp, self.blocksize,
-                                  targets=self.targets)
+                                  targets="dense")
 

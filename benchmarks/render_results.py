@@ -179,6 +179,27 @@ def compiled(folder: Path, r: Result) -> Page:
     return Page(runs, body[1:])  # the page has its own title
 
 
+def minilm_oneshot(folder: Path, r: Result) -> Page:
+    """``oneshot/minilm.py``: one-shot criteria on all-MiniLM-L6-v2 (table and plot)."""
+    mod = module("benchmarks/oneshot/render.py")
+    rows, runs = mod.load_rows([folder / "results.json"])
+    date = committed(folder / "results.json")
+    pages = [Run(x["env"].get("gpu") or x["env"]["device"],
+                 versions(torch=x["env"]["torch"], threads=x["env"]["threads"]), date,
+                 "PYTHONPATH=src:. python benchmarks/oneshot/minilm.py --device "
+                 f"{x['env']['device']} --criteria {','.join(x['criteria'])}")
+             for x in runs]
+    tmp = Path(tempfile.mkdtemp()) / "plot.png"
+    mod.plot(rows, tmp)
+    body = ["Every encoder Linear pruned; cosine = mean cosine similarity to the dense "
+            "sentence embeddings; NN@1 = nearest-neighbour agreement, NN@10 = top-10 overlap, "
+            "on the held-out docstring sentences and on README/licence prose "
+            "(`benchmarks/oneshot/prose.jsonl`); Δ cosine = prose − docstrings. Calibration: "
+            "training docstrings only. wall s = pruning time.", "",
+            *mod.table(rows).splitlines(), "", "![fidelity vs kept fraction](plot.png)"]
+    return Page(pages, body, {"plot.png": tmp})
+
+
 def digits_structure(folder: Path, r: Result) -> Page:
     """``digits_accuracy.py --render``."""
     render = module("benchmarks/structure/digits_accuracy.py").render
@@ -399,7 +420,7 @@ RENDERERS: dict[str, Callable[[Path, Result], Page]] = {
     "any-model": any_model, "auto": auto, "breakdown": breakdown, "kernels": kernels,
     "gather": gather, "channel-groups": channel_groups, "compact": compact, "semi24": semi24,
     "learned-masks": learned_masks, "learned-masks-loop": learned_masks_loop,
-    "train-digits": train_digits, "compiled": compiled,
+    "train-digits": train_digits, "compiled": compiled, "minilm-oneshot": minilm_oneshot,
 }
 
 CHAR_MODELS = ("python -c \"from dataclasses import replace; from spruce.bench.characterize "
@@ -420,6 +441,9 @@ RESULTS: tuple[Result, ...] = (
            "BERT-base / QQP, group 50%, batch 1, CPU backends",
            "spruce bench model bert_base --dataset qqp --batch 1 -p group -d 0.5 "
            "-b groupwise -b csr -o DIR"),
+    Result("cpu/minilm-oneshot", "minilm-oneshot",
+           "all-MiniLM-L6-v2: one-shot criteria (magnitude, LAMP, Taylor, Wanda, SparseGPT) "
+           "per pattern"),
     Result("cpu/model-bert_base-compiled", "characterize",
            "BERT-base / QQP, group 50%, batch 1: compacted + groupwise + compiled, against "
            "eager and compiled dense",

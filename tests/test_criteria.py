@@ -6,10 +6,10 @@ from spruce.criteria import Taylor, get_criterion, lamp_scores, names
 
 
 def test_registry():
-    assert names() == ["block-gate", "dst", "lamp", "learned", "magnitude", "random", "sr-ste",
-                       "taylor"]
+    assert names() == ["block-gate", "dst", "lamp", "learned", "magnitude", "random",
+                       "sparsegpt", "sr-ste", "taylor", "wanda"]
     with pytest.raises(ValueError, match="valid: block-gate, dst, lamp, learned, magnitude, "
-                                         "random, sr-ste, taylor"):
+                                         "random, sparsegpt, sr-ste, taylor, wanda"):
         get_criterion("snip")
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .allocation import allocate, check_scope, override_for
-from .criteria import Criterion, Taylor, get_criterion
+from .criteria import Criterion, OneShot, Taylor, get_criterion
 from torch.nn.utils import parametrize
 
 from .errors import SpruceError
@@ -64,6 +64,7 @@ class PruneReport:
     scope: str
     density: float | None
     extra: dict[str, Any] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)  # layers whose kept weights were refit
 
     @property
     def kept(self) -> int:
@@ -81,7 +82,8 @@ class PruneReport:
         return {"rows": [asdict(r) for r in self.rows],
                 "skipped": [asdict(s) for s in self.skipped],
                 "pattern": self.pattern, "criterion": self.criterion, "scope": self.scope,
-                "density": self.density, "kept": self.kept, "total": self.total}
+                "density": self.density, "kept": self.kept, "total": self.total,
+                "weights_changed": list(self.changed)}
 
 
 def pattern_label(p: Pattern) -> str:
@@ -154,7 +156,10 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
 
     ``density`` is the fraction of weights kept (N:M patterns fix it to N/M).
     ``pattern_kwargs`` go to the pattern (``n, m`` for N:M, ``block=(bo, bk)``,
-    ``reduce`` for the group score). ``calibration`` feeds the Taylor criterion.
+    ``reduce`` for the group score). ``calibration`` (batches the model takes, like
+    ``example_input``) feeds the Taylor criterion and the one-shot ones, ``"wanda"`` and
+    ``"sparsegpt"``, which prune layer by layer in forward order on inputs through the
+    layers pruned before (SparseGPT also refits the kept weights: ``report.changed``).
     ``exclude``: one module-name glob or a list of them. ``overrides``: glob → density; a
     glob that matches no prunable layer is an error.
 
@@ -174,11 +179,13 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
     """
     if scope == "coupled":
         return _prune_coupled(model, pattern, density, criterion, exclude, example_input,
-                              coupled)
+                              coupled, calibration)
     pat = get_pattern(pattern, **pattern_kwargs)
     crit = get_criterion(criterion)
     if calibration is not None and isinstance(crit, Taylor) and crit.data is None:
         crit = Taylor(data=calibration, loss_fn=crit.loss_fn)
+    if isinstance(crit, OneShot):
+        crit = crit.with_calibration(calibration)
     check_scope(scope)
     overrides = dict(overrides or {})
     if density is None and pat.fixed_density() is None:
@@ -200,28 +207,45 @@ def prune(model: nn.Module, pattern: str | dict | Pattern = "element",
         except ValueError as e:
             raise SpruceError(str(e), layer=name) from None
 
-    scores = crit.scores(model, layers)
-    existing = {name: _cpu(get_mask(layer)) for name, layer in layers.items()}
-    try:
-        masks = allocate(patterns, {n: s.detach().cpu() for n, s in scores.items()},
-                         existing, density, scope, overrides)
-    except ValueError as e:
-        raise ValueError(f"pruning with {pattern_label(pat)}: {e}") from None
+    changed: list[str] = []
+    if isinstance(crit, OneShot):  # masks chosen layer by layer, in forward order
+        crit.check_patterns(patterns, scope)
+        done = crit.prune_layers(model, layers, patterns, {
+            n: _target(n, pat, density, scope, overrides) for n in layers})
+        masks, changed = done.masks, done.changed
+    else:
+        masks = _allocated(model, layers, crit, patterns, density, scope, overrides, pat)
 
     info = {"patterns": [pat.spec()], "criterion": crit.spec(), "scope": scope}
     rows = []
     for name, layer in layers.items():
         target = _target(name, pat, density, scope, overrides)
-        attach(layer, masks[name], {**info, "target": target}, found.followers[name])
+        extra = {"weights_changed": True} if name in changed else {}
+        attach(layer, masks[name], {**info, "target": target, **extra}, found.followers[name])
         kept = int(masks[name].sum())
         rows.append(LayerRow(name, type_name(layer), view_shape(layer), pattern_label(pat),
                              target, kept / masks[name].numel(), kept, masks[name].numel(),
                              found.shared[name]))
-    return PruneReport(rows, found.skipped, pat.spec(), crit.spec(), scope, density)
+    return PruneReport(rows, found.skipped, pat.spec(), crit.spec(), scope, density,
+                       changed=changed)
+
+
+def _allocated(model: nn.Module, layers: dict[str, nn.Module], crit: Criterion,
+               patterns: dict[str, Pattern], density: float | None, scope: str,
+               overrides: dict[str, float], pat: Pattern) -> dict[str, torch.Tensor]:
+    """Scores of every layer → masks by the scope's allocation."""
+    scores = crit.scores(model, layers)
+    existing = {name: _cpu(get_mask(layer)) for name, layer in layers.items()}
+    try:
+        return allocate(patterns, {n: s.detach().cpu() for n, s in scores.items()},
+                        existing, density, scope, overrides)
+    except ValueError as e:
+        raise ValueError(f"pruning with {pattern_label(pat)}: {e}") from None
 
 
 def _prune_coupled(model: nn.Module, pattern: Any, density: float | None, criterion: Any,
-                   exclude: Iterable[str], example_input: Any, coupled: Any) -> PruneReport:
+                   exclude: Iterable[str], example_input: Any, coupled: Any,
+                   calibration: Iterable | None = None) -> PruneReport:
     from .compact.core import default_input
     from .structure.prune import SPEC, prune_coupled
 
@@ -233,7 +257,11 @@ def _prune_coupled(model: nn.Module, pattern: Any, density: float | None, criter
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     x = default_input(model) if example_input is None else example_input
     crit = get_criterion(criterion)
+    if isinstance(crit, OneShot):  # ranks units on the dense inputs, refits after masking
+        crit = crit.with_calibration(calibration)
     masks, groups = prune_coupled(model, density, crit, x, exclude, coupled)
+    changed = crit.finish(model, {p: model.get_submodule(p) for p in masks}) \
+        if isinstance(crit, OneShot) else []
     rows = []
     for name, mask in masks.items():
         layer = model.get_submodule(name)
@@ -242,7 +270,7 @@ def _prune_coupled(model: nn.Module, pattern: Any, density: float | None, criter
                              "structured", None, kept / mask.numel(), kept, mask.numel()))
     _, skipped = prunable_layers(model, tuple(exclude))
     return PruneReport(rows, skipped, dict(SPEC), crit.spec(), "coupled", density,
-                       extra={"groups": groups})
+                       extra={"groups": groups}, changed=changed)
 
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:

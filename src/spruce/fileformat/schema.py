@@ -56,8 +56,9 @@ SCHEMA_FIELDS = frozenset(COMMON).union(*(k.model_fields for k in KINDS.values()
 # ------------------------------------------------------------------ per-layer fields
 
 def _mask(g: Fields, value: Any) -> None:
-    """A mask record: ``patterns`` valid pattern specs, ``density`` a number; the rest
-    (criterion, scope, target) is kept as the mask's info."""
+    """A mask record: ``patterns`` valid pattern specs, ``density`` a number,
+    ``weights_changed`` (optional) true when the kept weights are not the original ones;
+    the rest (criterion, scope, target) is kept as the mask's info."""
     m = Fields(value, g.path, g.layer, what="a mask record")
     for spec in m.get("patterns", list, optional=True) or []:
         try:
@@ -65,6 +66,8 @@ def _mask(g: Fields, value: Any) -> None:
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             m.fail("patterns", f"{spec!r:.80} is not a valid pattern ({e})")
     m.number("density", optional=True)
+    if "weights_changed" in value:  # a one-shot criterion or reconstruction refit them
+        m.bool("weights_changed")
 
 
 def _shapes(g: Fields, value: Any) -> None:

@@ -31,6 +31,8 @@ from ..masks import attach, mask_module, original_weight
 from ..view import prunable_layers, to_view, view_shape
 from .schedule import TAU_SCHEDULES, tau_at
 
+INITS = ("magnitude", "random", "wanda", "sparsegpt")
+ONE_SHOT_INITS = ("wanda", "sparsegpt")  # need calibration data: attach_learned(calibration=)
 MAX_PATTERNS = 70  # C(8, 4): beyond this the logits outgrow the weights many times over
 
 
@@ -54,6 +56,7 @@ class LearnedSpec:
     n: int = 2
     m: int = 4
     init: str = "magnitude"  # magnitude: logits ∝ |w| kept by each pattern | random (paper)
+    #                          | wanda / sparsegpt: the one-shot N:M mask wins (calibration)
     init_scale: float = 5.0  # magnitude init: logit gap, in units of the run's total |w|
     init_std: float = 0.01  # random init: std of the N(0, σ²) logits
     tau: float = 1.0  # temperature at step 0 (eq. 2)
@@ -64,8 +67,8 @@ class LearnedSpec:
     seed: int = 0  # random init
 
     def __post_init__(self) -> None:
-        if self.init not in ("magnitude", "random"):
-            raise ValueError("learned mask init must be 'magnitude' or 'random'; "
+        if self.init not in INITS:
+            raise ValueError(f"learned mask init must be one of {', '.join(INITS)}; "
                              f"got {self.init!r}")
         if self.tau_schedule not in TAU_SCHEDULES:
             raise ValueError(f"unknown tau_schedule {self.tau_schedule!r}; valid: "
@@ -205,13 +208,19 @@ class Learned(DuringTraining):
     def parametrization(self, shape, pattern, group_ids, n_groups) -> LearnedNMMask:
         """Called by the trainer with shapes only: magnitude logits fill at the first forward."""
         spec = self.spec_for(pattern)
+        if spec.init in ONE_SHOT_INITS:
+            raise ValueError(f"learned masks with init={spec.init!r} need calibration data: "
+                             "attach them with spruce.learned.attach_learned(model, spec, "
+                             "calibration=[batch, ...]) before training")
         view = (int(shape[0]), math.prod(int(d) for d in shape[1:]))
         check_view(view, spec)
         return LearnedNMMask(view, spec)
 
-    def parametrization_for(self, weight: torch.Tensor, pattern: dict[str, Any]) -> LearnedNMMask:
+    def parametrization_for(self, weight: torch.Tensor, pattern: dict[str, Any],
+                            scores: torch.Tensor | None = None) -> LearnedNMMask:
+        """``scores`` (2-D view, >= 0) replace ``|w|`` in the magnitude-style init."""
         spec = self.spec_for(pattern)
-        view = to_view(weight).detach()
+        view = to_view(weight).detach() if scores is None else scores.detach()
         check_view(tuple(view.shape), spec)
         gen = torch.Generator().manual_seed(spec.seed)
         logits = init_logits(view.cpu(), nm_table(spec.n, spec.m), spec, gen)
@@ -247,11 +256,14 @@ def learned_module(layer: nn.Module) -> LearnedNMMask | None:
 
 
 def attach_learned(model: nn.Module, spec: LearnedSpec | None = None,
-                   exclude: tuple[str, ...] = (), freeze: bool = True
-                   ) -> dict[str, LearnedNMMask]:
+                   exclude: tuple[str, ...] = (), freeze: bool = True,
+                   calibration: Any = None) -> dict[str, LearnedNMMask]:
     """Put a learned N:M mask on every prunable layer (checked first: an error leaves the
     model untouched). ``freeze``: weights and biases of the whole model stop training, so
-    only the logits do."""
+    only the logits do. ``init="wanda" | "sparsegpt"`` starts every layer at that one-shot
+    criterion's N:M mask, computed from ``calibration`` (batches the model takes); the
+    weights stay the dense ones (:func:`spruce.criteria.reconstruct` refits them after
+    :func:`harden`)."""
     spec = spec or LearnedSpec()
     layers, _ = prunable_layers(model, exclude)
     for name, layer in layers.items():
@@ -262,12 +274,32 @@ def attach_learned(model: nn.Module, spec: LearnedSpec | None = None,
         model.requires_grad_(False)
     crit = Learned(**{k: v for k, v in spec.__dict__.items() if k not in ("n", "m")})
     pattern = {"name": "vector", "n": spec.n, "m": spec.m}
+    scores = one_shot_scores(model, layers, spec, calibration) \
+        if spec.init in ONE_SHOT_INITS else {}
     out = {}
     for name, layer in layers.items():
-        param = crit.parametrization_for(original_weight(layer), pattern)
+        param = crit.parametrization_for(original_weight(layer), pattern, scores.get(name))
         param.to(original_weight(layer).device)
         parametrize.register_parametrization(layer, "weight", param)
         out[name] = param
+    return out
+
+
+def one_shot_scores(model: nn.Module, layers: dict[str, nn.Module], spec: LearnedSpec,
+                    calibration: Any) -> dict[str, torch.Tensor]:
+    """Init scores whose best N:M pattern is the one-shot criterion's mask: ``mask +
+    10⁻³·|w|/max|w|`` (the weights are left as they were)."""
+    from ..criteria import get_criterion
+    from ..patterns import get_pattern
+
+    crit = get_criterion(spec.init, calibration=calibration)
+    pattern = get_pattern({"name": "vector", "n": spec.n, "m": spec.m})
+    done = crit.prune_layers(model, layers, dict.fromkeys(layers, pattern),
+                             dict.fromkeys(layers), keep_weights=False)
+    out = {}
+    for name, layer in layers.items():
+        w = to_view(original_weight(layer)).detach().abs().float().cpu()
+        out[name] = done.masks[name].float() + 1e-3 * w / w.max().clamp_min(1e-12)
     return out
 
 

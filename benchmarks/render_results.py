@@ -179,6 +179,17 @@ def compiled(folder: Path, r: Result) -> Page:
     return Page(runs, body[1:])  # the page has its own title
 
 
+def _oneshot_args(args: dict) -> str:
+    """The options of a MiniLM one-shot run that are not the program's defaults."""
+    out = ""
+    if args.get("patterns") and len(args["patterns"]) < 5:
+        out += f" --patterns \"{','.join(args['patterns'])}\""
+    for key, default in (("calib", 512), ("threads", 1)):
+        if args.get(key, default) != default:
+            out += f" --{key} {args[key]}"
+    return out
+
+
 def minilm_oneshot(folder: Path, r: Result) -> Page:
     """``oneshot/minilm.py``: one-shot criteria on all-MiniLM-L6-v2 (table and plot)."""
     mod = module("benchmarks/oneshot/render.py")
@@ -187,7 +198,8 @@ def minilm_oneshot(folder: Path, r: Result) -> Page:
     pages = [Run(x["env"].get("gpu") or x["env"]["device"],
                  versions(torch=x["env"]["torch"], threads=x["env"]["threads"]), date,
                  "PYTHONPATH=src:. python benchmarks/oneshot/minilm.py --device "
-                 f"{x['env']['device']} --criteria {','.join(x['criteria'])}")
+                 f"{x['env']['device']} --criteria {','.join(x['criteria'])}"
+                 + _oneshot_args(x.get("args", {})))
              for x in runs]
     tmp = Path(tempfile.mkdtemp()) / "plot.png"
     mod.plot(rows, tmp)

@@ -457,7 +457,8 @@ RESULTS: tuple[Result, ...] = (
            "all-MiniLM-L6-v2: one-shot criteria (magnitude, LAMP, Taylor, Wanda, SparseGPT) "
            "per pattern"),
     Result("cpu/minilm-oneshot-calib2000", "minilm-oneshot",
-           "all-MiniLM-L6-v2: SparseGPT, group 0.5, calibrated on all 2000 training sentences"),
+           "all-MiniLM-L6-v2: SparseGPT (group 0.5, 2:4) calibrated on all 2000 training "
+           "sentences"),
     Result("cpu/model-bert_base-compiled", "characterize",
            "BERT-base / QQP, group 50%, batch 1: compacted + groupwise + compiled, against "
            "eager and compiled dense",

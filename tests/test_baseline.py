@@ -96,7 +96,7 @@ def test_the_grid_runs_on_the_cpu_and_checks_every_row(tmp_path):
     assert "| smoke_cnn | group | 0.5 | compact |" in text and "vs best" in text
 
 
-def test_bench_model_flags_a_degenerate_reference():
+def test_bench_model_flags_a_degenerate_reference(tmp_path):
     from spruce.bench.model import ModelOptions, bench_model
     from spruce.bench.report import findings
     from spruce.bench.sweep import TimingConfig
@@ -109,6 +109,9 @@ def test_bench_model_flags_a_degenerate_reference():
                        options=opts)
     assert all(r.extra.get("degenerate_reference") for r in rows)
     assert any("Degenerate reference" in f for f in findings(rows))
+    from spruce.bench.report import write_report
+    report, _ = write_report(tmp_path, rows, None, "degenerate")
+    assert "**Degenerate reference** for Sequential" in report.read_text()
     calibrate_batchnorm(model, [torch.randn(2, 3, 8, 8) for _ in range(2)])
     rows = bench_model(model, ["group"], [0.5], backends=["groupwise"], example_input=x,
                        options=opts)

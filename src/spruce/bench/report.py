@@ -330,13 +330,6 @@ def write_report(out_dir: str | Path, records, environment: dict | None, title: 
             parts += [heading, ""]
         for (_, name, dtype), rs in items:
             parts += _subject_section(out, kind, name, dtype, rs, written)
-    flagged = sorted({r["name"] for r in rows if (r.get("extra") or {}).get(
-        "degenerate_reference")})
-    if flagged:
-        out.append(f"**Degenerate reference** for {', '.join(flagged)}: the dense output is "
-                   "tiny, non-finite or the same for every sample, so its ratios and errors "
-                   "do not judge anything (calibrate BatchNorm statistics or use real "
-                   "weights).")
     errors = [r for r in rows if not ok(r)]
     if errors:
         parts += ["## Not measured", "", _errors_table(errors), ""]

@@ -29,6 +29,7 @@ from torch import nn
 
 from spruce import zoo
 from spruce.bench import make_inputs
+from spruce.bench.baseline import calibrate_batchnorm
 from spruce.zoo.resnet import DEFAULT_WIDTHS, BasicBlock, Bottleneck, ResNet
 from structure_metrics import call, first_tensor
 
@@ -242,20 +243,10 @@ FAMILIES = {"resnet": RESNET_FAMILY, "bert": BERT_FAMILY, "vit": VIT_FAMILY,
 # ------------------------------------------------------------------------ set-up
 
 def calibrate_bn(model: nn.Module, example: Any, batches: int = 4) -> None:
-    """BatchNorm running statistics as the cumulative average over ``batches`` random
-    standard-normal inputs shaped like ``example``, in train mode; then eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn_like(example))
-    for bn in bns:
-        bn.momentum = 0.1
+    """BatchNorm running statistics from ``batches`` random standard-normal inputs shaped
+    like ``example`` (``spruce.bench.baseline.calibrate_batchnorm``); then eval mode."""
+    calibrate_batchnorm(model, [torch.randn_like(example) for _ in range(batches)])
     model.eval()
-
 
 def build(fam: Family, make, device: torch.device, example: Any) -> nn.Module | None:
     """``make()`` on ``device`` with a fixed seed, calibrated where the family needs it."""

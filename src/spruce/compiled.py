@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import SpruceError
+from .graphs import Wrapper
 
 # spruce's name → Inductor's mode (spruce captures CUDA graphs itself)
 COMPILE_MODES = {"default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
@@ -54,7 +55,7 @@ def call(module: Any, x: Any) -> Any:
     return module(*x) if isinstance(x, tuple) else module(x)
 
 
-class CompiledModule(nn.Module):
+class CompiledModule(Wrapper):
     """``module`` run through ``torch.compile``; ``module`` itself stays the eager model
     (it is what :func:`spruce.save` writes and what ``state_dict`` holds)."""
 
@@ -90,13 +91,6 @@ class CompiledModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._compiled(*args, **kwargs)
 
-    @property
-    def spruce_report(self):  # the wrapped model's conversion report
-        return self.module.spruce_report
-
-    @property
-    def spruce_plan(self):  # auto's plan, when the wrapped model has one
-        return self.module.spruce_plan
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -106,9 +100,7 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The eager model under any compiled / CUDA-graph wrappers spruce put around it."""
-    from .graphs import CudaGraphModule
-
-    while isinstance(model, (CompiledModule, CudaGraphModule)):
+    while isinstance(model, Wrapper):
         model = model.module
     return model
 

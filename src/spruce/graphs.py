@@ -28,7 +28,22 @@ def _same_layout(a: Any, b: Any) -> bool:
     return a == b
 
 
-class CudaGraphModule(nn.Module):
+class Wrapper(nn.Module):
+    """A module around a converted model (``self.module``): its report and plan are the
+    wrapped model's."""
+
+    module: nn.Module
+
+    @property
+    def spruce_report(self):  # the wrapped model's conversion report
+        return self.module.spruce_report
+
+    @property
+    def spruce_plan(self):  # auto's plan, when the wrapped model has one
+        return self.module.spruce_plan
+
+
+class CudaGraphModule(Wrapper):
     """``module`` with its forward on ``example_input`` captured as a CUDA graph.
 
     Outputs are cloned out of the graph's static buffers (``clone_outputs=False`` returns
@@ -80,11 +95,3 @@ class CudaGraphModule(nn.Module):
             return self._static_out
         return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t,
                         self._static_out)
-
-    @property
-    def spruce_report(self):  # the wrapped model's conversion report
-        return self.module.spruce_report
-
-    @property
-    def spruce_plan(self):  # auto's plan, when the wrapped model has one
-        return self.module.spruce_plan

@@ -108,6 +108,48 @@ def test_residual_stream_goes_only_when_every_reader_drops_it():
     torch.testing.assert_close(run(small, x)[0], run(net, x)[0], rtol=1e-5, atol=1e-5)
 
 
+class Wide(nn.Module):
+    """conv1 -> conv2 with 20 channels between them: widths that alignment rounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 20, 1), nn.Conv2d(20, 5, 1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+@pytest.mark.parametrize(("dropped", "align", "width"),
+                         [(7, 1, 13), (7, 8, 16), (7, 4, 16), (4, 8, 16), (3, 8, 20),
+                          (20, 8, 8), (12, 8, 8), (13, 8, 8), (11, 8, 16)])
+def test_align_rounds_the_kept_width_up(dropped, align, width):
+    net, x = Wide(), torch.randn(2, 3, 4, 4)
+    mask = torch.ones(5, 20, dtype=torch.bool)
+    mask[:, 20 - dropped:] = False  # conv2 reads none of the last `dropped` channels
+    attach(net.conv2, mask, TAPS)
+    small = compact(net, x, align=align)
+    row = group(small, "conv2")
+    assert small.conv1.out_channels == small.conv2.in_channels == width
+    assert (row.removed, row.aligned) == (20 - width, width - max(20 - dropped, 1))
+    # the channels kept for alignment are still pruned in conv2: outputs are unchanged
+    assert int((small.conv2.weight != 0).sum()) == 5 * (20 - dropped)
+    torch.testing.assert_close(run(small, x)[0], run(net, x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("align", [0, -8, 2.5, True])
+def test_align_must_be_a_positive_int(align):
+    with pytest.raises(ValueError, match="align must be a positive int"):
+        compact(Wide(), torch.randn(1, 3, 2, 2), align=align)
+
+
+def test_convert_compact_true_aligns_only_on_cuda():
+    from spruce.api import compact_align
+
+    assert compact_align(Wide(), True) == 1 and compact_align(Wide(), 16) == 16
+    with pytest.raises(ValueError, match="compact= takes"):
+        compact_align(Wide(), -1)
+
+
 class TwoUsers(nn.Module):
     def __init__(self, norm: bool = False):
         super().__init__()

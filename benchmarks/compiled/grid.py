@@ -150,6 +150,7 @@ def run_flow(s: Subject, pruned32: nn.Module, flow: str, args) -> dict[str, Any]
     row["compacted"] = report is not None  # compact: kept only when not slower than dense
     if report is not None:
         row["params_before"], row["params_after"] = report.params_before, report.params_after
+        row["aligned"] = sum(r.aligned for r in report.rows)  # channels kept for width % 8
     backends: dict[str, int] = {}
     for r in fast.spruce_report.rows:
         backends[r.backend] = backends.get(r.backend, 0) + 1

@@ -18,7 +18,7 @@ from .backends.convert import convert as convert_with
 
 def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None = None,
             example_input: Any = None, verify: bool = True, cuda_graph: bool | None = None,
-            compile: bool | str = False, compact: bool = False, **options: Any) -> nn.Module:
+            compile: bool | str = False, compact: bool | int = False, **options: Any) -> nn.Module:
     """A new inference model: every masked layer runs on ``backend``'s module, verified
     against the dense masked layer; given ``example_input`` (a tensor, a tuple of positional
     inputs or a dict of keyword inputs) the whole converted model is run once and compared
@@ -32,9 +32,10 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     on ``example_input`` as one CUDA graph (static shapes; see :mod:`spruce.graphs`); left
     at None it is on for a compiled model on CUDA given ``example_input``. The report is at
     ``result.spruce_report``. ``compact=True`` runs :func:`spruce.compact` first (units every
-    reader pruned become smaller dense layers); with ``auto`` the compacted model is kept
-    only if it is not slower than the uncompacted model's dense twin (see
-    :mod:`spruce.auto_compact`)."""
+    reader pruned become smaller dense layers), keeping every compacted width a multiple of 8
+    on CUDA (tensor cores; an int, ``compact=16``, sets that alignment); with ``auto`` the
+    compacted model is kept only if it is not slower than the uncompacted model's dense twin
+    (see :mod:`spruce.auto_compact`)."""
     from .backends.convert import cast_input
     from .backends.wholemodel import model_tolerance
     from .compiled import compile_mode, finish_model
@@ -49,7 +50,7 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
         from .auto_compact import convert_compacted
 
         fast = convert_compacted(model, backend, _convert_eager, dtype, example_input, verify,
-                                 compile, **options)
+                                 compile, align=compact_align(model, compact), **options)
     else:
         fast = _convert_eager(model, backend, dtype=dtype, example_input=example_input,
                               verify=verify, compile=compile, **options)
@@ -61,6 +62,17 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     example = None if example_input is None else cast_input(
         example_input, dt, first.device if first is not None else torch.device("cpu"))
     return finish_model(fast, compile, cuda_graph, example, model_tolerance(dt))
+
+
+def compact_align(model: nn.Module, compact: bool | int) -> int:
+    """The width alignment ``compact=`` asks for: True -> 8 on CUDA (tensor cores), 1 on
+    the CPU; an int is the alignment itself."""
+    if compact is True:
+        first = next(iter(model.parameters()), None)
+        return 8 if first is not None and first.device.type == "cuda" else 1
+    if isinstance(compact, int) and compact >= 1:
+        return compact
+    raise ValueError(f"compact= takes True/False or a positive int alignment; got {compact!r}")
 
 
 def _convert_eager(model: nn.Module, backend: str, compile: bool | str = False,

@@ -43,16 +43,17 @@ def whole_ms(fast: nn.Module, example_input: Any, dtype: torch.dtype, timing: An
 
 def convert_compacted(model: nn.Module, backend: str, convert_fn: Callable[..., nn.Module],
                       dtype: torch.dtype | str | None, example_input: Any, verify: bool,
-                      compile: bool | str, **options: Any) -> nn.Module:
+                      compile: bool | str, align: int = 1, **options: Any) -> nn.Module:
     """``convert_fn(compact(model), backend, ...)``; for ``auto``, kept only when it is not
-    slower than the uncompacted model's dense twin (else auto on the uncompacted model)."""
+    slower than the uncompacted model's dense twin (else auto on the uncompacted model).
+    ``align`` is :func:`spruce.compact`'s width alignment."""
     from .backends.convert import as_dtype
     from .compact import compact
     from .compiled import compile_mode
 
     if example_input is None:
         raise ValueError("compact=True needs example_input: the model is traced with it")
-    small = compact(model, example_input=example_input)
+    small = compact(model, example_input=example_input, align=align)
     extra = {"compile": compile} if backend == "auto" else {}
     fast = convert_fn(small, backend, dtype=dtype, example_input=example_input, verify=verify,
                       **extra, **options)

@@ -56,6 +56,8 @@ def compact_cmd(
     fold_bn: bool = typer.Option(False, "--fold-bn", help="fold each compacted producer's "
                                  "BatchNorm into it (inference only)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check outputs are unchanged"),
+    align: int = typer.Option(1, "--align", min=1, help="keep every compacted width a "
+                              "multiple of this (8 for fp16/bf16 tensor cores)"),
     exclude: list[str] = typer.Option([], "--exclude", "-x", help="module-name glob whose "
                                       "groups stay whole"),
     output: Path = typer.Option(None, "--output", "-o", help="write the compacted model"),
@@ -72,7 +74,7 @@ def compact_cmd(
         net = load_stored(stored, load_model(name, dataset))
         x = load_example_input(example_input) if example_input is not None \
             else _example_input(name, dataset)
-        small = compact(net, x, verify=verify, fold_bn=fold_bn, exclude=exclude)
+        small = compact(net, x, verify=verify, fold_bn=fold_bn, exclude=exclude, align=align)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     report = small.spruce_compaction

@@ -41,6 +41,7 @@ class CompactionRow:
     removed: int = 0
     members: list[str] = field(default_factory=list)  # "param axis role"
     reason: str | None = None  # why it was left whole
+    aligned: int = 0  # removable units kept so the width stays a multiple of ``align``
 
     @property
     def compacted(self) -> bool:
@@ -126,7 +127,7 @@ def removable_units(model: nn.Module, group: CoupledGroup) -> tuple[list[int], s
 
 
 def compact(model: nn.Module, example_input: Any = None, verify: bool = True,
-            fold_bn: bool = False, exclude: Iterable[str] = ()) -> nn.Module:
+            fold_bn: bool = False, exclude: Iterable[str] = (), align: int = 1) -> nn.Module:
     """A new, smaller model: every unit of a coupled group (a channel with all its writers
     and readers, an attention head) whose readers are all pruned is removed from every
     member. The report is at ``result.spruce_compaction``; the input model is unchanged.
@@ -135,8 +136,13 @@ def compact(model: nn.Module, example_input: Any = None, verify: bool = True,
     positional inputs or a dict of keyword inputs); without it one is guessed.
     ``fold_bn=True`` also folds each BatchNorm that directly follows a convolution into it
     (inference only: the result is put in eval mode). ``exclude`` takes module-name globs
-    whose groups are left whole.
+    whose groups are left whole. ``align=8`` keeps every compacted channel count a multiple
+    of 8 (some removable channels stay, their readers still see zeros): fp16/bf16 tensor-core
+    GEMMs and convolutions run far slower on widths such as 227 than on 232.
     """
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise ValueError(f"align must be a positive int (1: no alignment, 8: tensor cores); "
+                         f"got {align!r}")
     x = default_input(model) if example_input is None else example_input
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     report = CompactionReport(fold_bn=fold_bn, params_before=_count(model))
@@ -147,7 +153,7 @@ def compact(model: nn.Module, example_input: Any = None, verify: bool = True,
         groups = []
     removed = {}
     for gi, g in enumerate(groups):
-        row, units = _plan_group(model, g, exclude)
+        row, units = _plan_group(model, g, exclude, align)
         report.rows.append(row)
         if units:
             removed[gi] = units
@@ -198,7 +204,7 @@ def _drop_full_masks(model: nn.Module) -> None:
             set_submodule(model, name, unparametrized(layer))
 
 
-def _plan_group(model: nn.Module, g: CoupledGroup, exclude: list[str]
+def _plan_group(model: nn.Module, g: CoupledGroup, exclude: list[str], align: int = 1
                 ) -> tuple[CompactionRow, set[int]]:
     members = [f"{n} axis {a} {g.roles[(n, a)]}" for n, a in g.members]
     row = CompactionRow(g.name, g.kind, len(g.units), members=members, reason=g.pinned)
@@ -212,6 +218,10 @@ def _plan_group(model: nn.Module, g: CoupledGroup, exclude: list[str]
     units, why = removable_units(model, g)
     if len(units) == len(g.units):
         units = units[1:]  # keep one unit: shapes stay valid (its readers see zeros)
+    if align > 1 and g.kind != "heads" and units:
+        kept = len(g.units) - len(units)
+        back = min(len(g.units), -(-kept // align) * align) - kept
+        units, row.aligned = units[:len(units) - back], back
     row.removed, row.reason = len(units), why
     return row, set(units)
 

@@ -51,6 +51,15 @@ def small_input():
     return torch.randn(4, 3, 8, 8)
 
 
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """One file of every format spruce writes (``make_files``), built once per test module:
+    the hostile-file tests tamper with copies of them."""
+    from tests.hostile_files_kit import make_files
+
+    return make_files(tmp_path_factory.mktemp("hostile"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` are skipped on machines without CUDA."""
     if torch.cuda.is_available():

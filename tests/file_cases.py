@@ -1,16 +1,26 @@
 """One model of every kind spruce saves — pruned with each pattern, compacted (with a
 folded BatchNorm too), converted with each CPU backend, converted after compaction — each
-with the architecture it loads into."""
+with the architecture it loads into; and the environment of a child Python process that
+loads such files from this checkout."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import spruce
 from tests.hostile_files_kit import PRUNE, example, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict:
+    """This process's environment with spruce's sources and the tests importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
 def bn_net() -> nn.Module:

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from spruce.patterns.base import kept_count
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "structure"))  # its sibling digits_report.py
 
 
 def _bench():

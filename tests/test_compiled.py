@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -256,6 +258,37 @@ def test_convert_compact_then_backend():
     assert n_params(small) < n_params(plain)
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_convert_compact_traces_in_the_models_dtype():
+    """An example input in the converted dtype (bf16) still compacts the fp32 model."""
+    model, x = channel_pruned()
+    plain = spruce.convert(model, "dense", dtype=torch.bfloat16, example_input=x.bfloat16())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = spruce.convert(model, "dense", dtype=torch.bfloat16,
+                               example_input=x.bfloat16(), compact=True)
+    assert not [w for w in caught if "compacted nothing" in str(w.message)]
+    assert unwrap(small).spruce_compaction.error is None
+    assert n_params(small) < n_params(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x.bfloat16()).float(), model(x), rtol=5e-2, atol=5e-2)
+
+
+def test_convert_compact_says_when_nothing_could_be_compacted():
+    class Branchy(nn.Module):  # data-dependent control flow: cannot be traced
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h if bool(h.sum() > 0) else -h)
+
+    net = Branchy()
+    spruce.prune(net, "group", 0.5, exclude=["a"])
+    with pytest.warns(UserWarning, match="compact=True compacted nothing: cannot trace"):
+        spruce.convert(net, "dense", example_input=torch.ones(2, 4), compact=True)
 
 
 @pytest.mark.parametrize("compacted_ms, kept", [(1.0, True), (3.0, False)])

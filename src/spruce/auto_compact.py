@@ -12,6 +12,7 @@ model, and the plan says so (``model_ms``: ``"compacted"``, ``"dense, uncompacte
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -47,13 +48,19 @@ def convert_compacted(model: nn.Module, backend: str, convert_fn: Callable[..., 
     """``convert_fn(compact(model), backend, ...)``; for ``auto``, kept only when it is not
     slower than the uncompacted model's dense twin (else auto on the uncompacted model).
     ``align`` is :func:`spruce.compact`'s width alignment."""
-    from .backends.convert import as_dtype
+    from .backends.convert import as_dtype, cast_input
     from .compact import compact
     from .compiled import compile_mode
 
     if example_input is None:
         raise ValueError("compact=True needs example_input: the model is traced with it")
-    small = compact(model, example_input=example_input, align=align)
+    own = next((t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()),
+               None)
+    traced = example_input if own is None else cast_input(example_input, own.dtype, own.device)
+    small = compact(model, example_input=traced, align=align)  # traced in the model's dtype
+    error = small.spruce_compaction.error
+    if error:
+        warnings.warn(f"compact=True compacted nothing: {error}", stacklevel=3)
     extra = {"compile": compile} if backend == "auto" else {}
     fast = convert_fn(small, backend, dtype=dtype, example_input=example_input, verify=verify,
                       **extra, **options)

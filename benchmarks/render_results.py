@@ -42,7 +42,7 @@ RENDERERS: dict[str, Callable[[Path, Result], Page]] = {
     "compact": tables.compact, "semi24": tables.semi24,
     "learned-masks": programs.learned_masks, "learned-masks-loop": programs.learned_masks_loop,
     "train-digits": programs.train_digits, "compiled": programs.compiled,
-    "minilm-oneshot": programs.minilm_oneshot,
+    "minilm-oneshot": programs.minilm_oneshot, "oneshot-timing": tables.oneshot_timing,
 }
 
 CHAR_MODELS = ("python -c \"from dataclasses import replace; from spruce.bench.characterize "
@@ -94,6 +94,8 @@ RESULTS: tuple[Result, ...] = (
            "Pruned models against the best dense path (eager, CUDA graph, compiled)"),
     Result("h100/compact", "compact", "Whole models, group 50%, with and without compaction",
            "OUT=DIR python benchmarks/compact/bench_compact.py --cases 2,0"),
+    Result("h100/oneshot-timing", "oneshot-timing",
+           "SparseGPT on BERT-base and a Llama-style model: time and memory"),
     Result("h100/gather", "gather", "The gather before a compacted GEMM",
            "python benchmarks/kernels/gather_probe.py --out DIR"),
     Result("h100/kernels", "kernels",

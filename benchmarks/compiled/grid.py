@@ -151,6 +151,8 @@ def run_flow(s: Subject, pruned32: nn.Module, flow: str, args) -> dict[str, Any]
     if report is not None:
         row["params_before"], row["params_after"] = report.params_before, report.params_after
         row["aligned"] = sum(r.aligned for r in report.rows)  # channels kept for width % 8
+        if report.error:
+            row["compaction_error"] = report.error
     backends: dict[str, int] = {}
     for r in fast.spruce_report.rows:
         backends[r.backend] = backends.get(r.backend, 0) + 1
@@ -279,16 +281,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _measured_elsewhere(row: dict, rows: list[dict]) -> bool:
+    """A row not run (time budget) whose model — or model, pattern, kept and flow — another
+    run measured: merging drops it."""
+    if "not_run" not in row:
+        return False
+    keys = [k for k in ("model", "pattern", "kept", "flow") if k in row]
+    return any("ms" in r and all(r.get(k) == row[k] for k in keys) for r in rows)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.merge:
         runs = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
-        merged = {"environment": {**runs[0]["environment"],
-                                  "command": [r["environment"]["command"] for r in runs]},
-                  "models": {}, "rows": []}
+        merged = {"environment": {**runs[0]["environment"], "command": [
+            c for r in runs for c in (lambda c: c if isinstance(c, list) else [c])(
+                r["environment"]["command"])]}, "models": {}, "rows": []}
         for r in runs:
             merged["models"].update(r["models"])
             merged["rows"] += r["rows"]
+        merged["rows"] = [r for r in merged["rows"] if not _measured_elsewhere(r, merged["rows"])]
         Path(args.output).mkdir(parents=True, exist_ok=True)
         (Path(args.output) / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
         args.render = args.output

@@ -48,7 +48,11 @@ def row_cells(r: dict, d: dict) -> list[str]:
         notes.append(f"{r['reverted']} layers sent back to dense")
     if r.get("flow") == "compact" and r.get("compacted") is False:
         notes.append("compaction dropped: slower than the uncompacted dense twin")
-    if r.get("params_after"):
+    if r.get("compaction_error"):
+        notes.append(f"nothing compacted: {r['compaction_error'][:80]}")
+    elif r.get("params_after") == r.get("params_before") is not None:
+        notes.append("nothing compacted (params 1.00)")
+    elif r.get("params_after"):
         notes.append(f"params {r['params_after'] / r['params_before']:.2f}")
     return [r["model"], r["pattern"], f"{r['kept']:g}", r["flow"], _ms(r["ms"]),
             f"**{_x(ratio)}**", _x(r["ms"] / eager if eager else None),

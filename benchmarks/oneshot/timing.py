@@ -43,7 +43,7 @@ class Preset:
 
 PRESETS = {
     "bert": Preset("BERT-base", "bert", 768, 12, 12, 12, 3072, 30522, ("pooler", "pooler.*")),
-    "llama": Preset("Llama-style 1B", "llama", 2048, 16, 16, 4, 5632, 32000, ()),
+    "llama": Preset("Llama-style 1B", "llama", 2048, 22, 16, 4, 5632, 32000, ()),  # 1.06B
 }
 
 

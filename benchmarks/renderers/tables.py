@@ -1,7 +1,8 @@
 """Renderers of benchmarks whose table is built here from the JSON.
 
 The GPU kernel and whole-model programs (``bench_fused.py``, ``gather_probe.py``,
-``conv_channel_groups.py``, ``bench_compact.py``, ``bench_semi24.py``) write JSON only;
+``conv_channel_groups.py``, ``bench_compact.py``, ``bench_semi24.py``) and the one-shot
+timing program (``benchmarks/oneshot/timing.py``) write JSON only;
 these functions turn it into the table of the folder's README.
 """
 
@@ -118,3 +119,30 @@ def semi24(folder: Path, r: Result) -> Page:
                     "cslt + alg search", "dense, CUDA graph", "cslt, CUDA graph",
                     "best eager / dense", "graph cslt / graph dense"], rows)]
     return Page([simple_run(d, path, r.command)], body)
+
+
+def oneshot_timing(folder: Path, r: Result) -> Page:
+    """``benchmarks/oneshot/timing.py``: one JSON per run (``*.json``), one row per prune."""
+    runs, rows = [], []
+    for path in sorted(folder.glob("*.json")):
+        d = load(path)
+        a, env = d["args"], d["env"]
+        flags = " ".join(f"--{k.replace('_', '-')} {a[k]}" for k in
+                         ("models", "criteria", "patterns", "device", "dtype") if a.get(k))
+        runs.append(Run(env.get("gpu") or env.get("cpu", "?"),
+                        versions(torch=env.get("torch"), threads=env.get("threads")),
+                        committed(path),
+                        f"PYTHONPATH=src:. python benchmarks/oneshot/timing.py {flags}"))
+        for x in d["rows"]:
+            peak = x.get("peak_extra_gib")
+            rows.append([x["model"], f"{x['params_m']:.0f}", x["criterion"], x["pattern"],
+                         f"{x['tokens']:,} ({a['seqs']} × {a['seq_len']})", env["dtype"],
+                         f"{x['wall_s']:.1f}", str(x["layers"]), f"{x['kept']:.3f}",
+                         "" if peak is None else f"{peak:.2f}"])
+    body = ["Wall time of `spruce.prune(..., calibration=...)`: sequential calibration (each "
+            "block's inputs through the blocks already pruned) and the solves; random weights "
+            "and random token ids (the time does not depend on them). peak +GiB = device memory "
+            "above the model's own.", "",
+            *table(["model", "params M", "criterion", "pattern", "calibration tokens", "dtype",
+                    "wall s", "layers", "kept", "peak +GiB"], rows)]
+    return Page(runs, body)

@@ -307,3 +307,28 @@ def test_auto_keeps_the_compacted_model_only_if_not_slower_than_uncompacted_dens
     assert (n_params(fast) < full) == kept
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_hf_encoder_runs_unmasked_attention(monkeypatch):
+    """Without padding, a compiled BERT passes no mask to SDPA (a materialised mask sends SDPA
+    to a slower kernel: transformers 5.17 does that under compile and CUDA graph capture,
+    which made BERT's compiled and graph paths 2-3x slower in GPU time than eager)."""
+    import torch.nn.functional as F
+
+    seen: list[bool] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, *args, **kwargs):
+        seen.append(attn_mask is None)
+        return sdpa(q, k, v, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model = spruce.zoo.build("bert_base", seed=0, num_hidden_layers=2, hidden_size=64,
+                             num_attention_heads=2, intermediate_size=128).eval()
+    ids = torch.randint(1000, 30000, (2, 12))
+    fast = spruce.convert(model, "dense", example_input=ids, compile=True)
+    seen.clear()
+    with torch.no_grad():
+        fast(ids)
+    torch._dynamo.reset()
+    assert seen and all(seen)

@@ -4,6 +4,7 @@ into its producer (read from Inductor's generated code)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import warnings
@@ -227,7 +228,10 @@ def test_auto_with_compile_tries_every_layer_sparse_as_a_whole(monkeypatch):
         timed.append(fn)
         return {1: 2.0, 2: 1.0}[len(timed)]  # dense (= the per-layer choices), all sparse
     monkeypatch.setattr(auto, "_time", fake)
-    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FAST)
+    # every candidate timed in full (none abandoned on a noisy probe): each layer has a
+    # sparse candidate to try
+    fast = spruce.convert(model, "auto", example_input=x, compile=True,
+                          timing=dataclasses.replace(FAST, abandon=None))
     plan = fast.spruce_plan
     assert plan.model_ms == {"dense": 2.0, "auto": 1.0, "all sparse": 1.0, "per layer": 2.0}
     assert {c.choice for c in plan.layers.values()} == {"groupwise"}

@@ -246,3 +246,18 @@ def mutate(header: dict, path: tuple, value) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
+
+
+def fuzz_header(original: Path, mutated_name: str) -> None:
+    """Every header path of ``original`` set to every hostile value: each mutated file loads
+    the same outputs or fails naming the file."""
+    header = header_of(original)
+
+    @FUZZ
+    @given(path=st.sampled_from(header_paths(header)), value=st.sampled_from(HOSTILE))
+    def check(path, value):
+        mutated = rewrite(original, original.with_name(mutated_name),
+                          header=mutate(header, path, value))
+        loads_same_or_names_file(original, mutated)
+
+    check()

@@ -21,6 +21,7 @@ from spruce.errors import SpruceError
 PATTERNS = {"dense": "element", "csr": "element", "bsr": "block", "groupwise": "group",
             "channel": "channel"}
 FAST = AutoTiming(warmup=1, min_runs=3, min_time_s=0.0)
+FULL = dataclasses.replace(FAST, abandon=None)  # no candidate dropped on a noisy probe call
 
 
 def small(pattern: str) -> tuple[nn.Module, torch.Tensor]:
@@ -79,6 +80,22 @@ def test_auto_with_compile_times_compiled_models_and_is_right():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def whole_model_times(monkeypatch, times: list[float]) -> list:
+    """auto's whole-model timings are ``times`` in order (per-layer timing stays real);
+    returns the list of the models timed."""
+    import spruce.auto as auto
+
+    real, timed = auto._time, []
+
+    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, graph=False):
+        if isinstance(example, tuple):  # a layer's input shape: timed for real
+            return real(fn, example, dtype, device, timing, probe, inputs, graph)
+        timed.append(fn)
+        return times[len(timed) - 1]
+    monkeypatch.setattr(auto, "_time", fake)
+    return timed
+
+
 def test_auto_with_compile_reverts_a_slower_compiled_model(monkeypatch):
     """auto's pick is groupwise everywhere, then the whole model is timed compiled: slower
     than compiled dense, the layers go back to dense (at most two halving rounds)."""
@@ -87,15 +104,9 @@ def test_auto_with_compile_reverts_a_slower_compiled_model(monkeypatch):
 
     model, x = small("group")
     monkeypatch.setattr(auto, "pick", lambda times, margin: "groupwise")
-    timed, real = [], auto._time
-
-    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, graph=False):
-        if isinstance(example, tuple):  # one layer's candidates
-            return real(fn, example, dtype, device, timing, probe, inputs, graph)
-        timed.append(fn)
-        return 1.0 if len(timed) == 1 else 2.0  # compiled dense 1 ms, every auto try 2 ms
-    monkeypatch.setattr(auto, "_time", fake)
-    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FAST)
+    # compiled dense 1 ms, every auto try 2 ms
+    timed = whole_model_times(monkeypatch, [1.0] + [2.0] * (1 + auto_model.COMPILED_ROUNDS))
+    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FULL)
     assert all(isinstance(f, CompiledModule) for f in timed)  # every whole-model time
     assert len(timed) == 1 + 1 + auto_model.COMPILED_ROUNDS  # dense, auto, then rounds
     plan = fast.spruce_plan
@@ -110,15 +121,8 @@ def test_auto_with_compile_hands_back_the_model_it_timed(monkeypatch):
 
     model, x = small("group")
     monkeypatch.setattr(auto, "pick", lambda times, margin: "groupwise")
-    real, timed = auto._time, []
-
-    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, graph=False):
-        if isinstance(example, tuple):
-            return real(fn, example, dtype, device, timing, probe, inputs, graph)
-        timed.append(fn)
-        return 2.0 if len(timed) == 1 else 1.0  # auto beats dense: kept as timed
-    monkeypatch.setattr(auto, "_time", fake)
-    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FAST)
+    timed = whole_model_times(monkeypatch, [2.0, 1.0])  # auto beats dense: kept as timed
+    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FULL)
     assert fast is timed[1]  # the compiled model that was timed, not a second compile
     assert {r.backend for r in fast.spruce_report.rows} == {"groupwise"}
     with torch.no_grad():
@@ -220,18 +224,9 @@ def test_auto_with_compile_tries_every_layer_sparse_as_a_whole(monkeypatch):
 
     model, x = small("group")
     monkeypatch.setattr(auto, "pick", lambda times, margin: "dense")
-    real, timed = auto._time, []
-
-    def fake(fn, example, dtype, device, timing, probe=False, inputs=None, graph=False):
-        if isinstance(example, tuple):
-            return real(fn, example, dtype, device, timing, probe, inputs, graph)
-        timed.append(fn)
-        return {1: 2.0, 2: 1.0}[len(timed)]  # dense (= the per-layer choices), all sparse
-    monkeypatch.setattr(auto, "_time", fake)
-    # every candidate timed in full (none abandoned on a noisy probe): each layer has a
-    # sparse candidate to try
-    fast = spruce.convert(model, "auto", example_input=x, compile=True,
-                          timing=dataclasses.replace(FAST, abandon=None))
+    # dense (= the per-layer choices), then all sparse
+    timed = whole_model_times(monkeypatch, [2.0, 1.0])
+    fast = spruce.convert(model, "auto", example_input=x, compile=True, timing=FULL)
     plan = fast.spruce_plan
     assert plan.model_ms == {"dense": 2.0, "auto": 1.0, "all sparse": 1.0, "per layer": 2.0}
     assert {c.choice for c in plan.layers.values()} == {"groupwise"}

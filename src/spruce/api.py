@@ -36,7 +36,7 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     on CUDA (tensor cores; an int, ``compact=16``, sets that alignment); with ``auto`` the
     compacted model is kept only if it is not slower than the uncompacted model's dense twin
     (see :mod:`spruce.auto_compact`)."""
-    from .backends.convert import cast_input
+    from .backends.convert import cast_input, first_float
     from .backends.wholemodel import model_tolerance
     from .compiled import compile_mode, finish_model
 
@@ -54,8 +54,7 @@ def convert(model: nn.Module, backend: str = "dense", dtype: torch.dtype | None 
     else:
         fast = _convert_eager(model, backend, dtype=dtype, example_input=example_input,
                               verify=verify, compile=compile, **options)
-    first = next((t for t in [*fast.parameters(), *fast.buffers()] if t.is_floating_point()),
-                 None)
+    first = first_float(fast)
     dt = dtype if dtype is not None else (first.dtype if first is not None else torch.float32)
     from .backends.convert import as_dtype
     dt = as_dtype(dt)
@@ -68,7 +67,9 @@ def compact_align(model: nn.Module, compact: bool | int) -> int:
     """The width alignment ``compact=`` asks for: True -> 8 on CUDA (tensor cores), 1 on
     the CPU; an int is the alignment itself."""
     if compact is True:
-        first = next(iter(model.parameters()), None)
+        from .backends.convert import first_float
+
+        first = first_float(model)
         return 8 if first is not None and first.device.type == "cuda" else 1
     if isinstance(compact, int) and compact >= 1:
         return compact

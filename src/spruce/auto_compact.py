@@ -26,12 +26,11 @@ def whole_ms(fast: nn.Module, example_input: Any, dtype: torch.dtype, timing: An
     compiled twin reused when auto built one), as auto's whole-model check times it."""
     from .auto import AutoTiming, _time
     from .auto_model import example_batches
-    from .backends.convert import cast_input
+    from .backends.convert import cast_input, first_float
     from .backends.wholemodel import model_tolerance
     from .compiled import CompiledModule
 
-    first = next(t for t in [*fast.parameters(), *fast.buffers()] if t.is_floating_point())
-    device = first.device
+    device = first_float(fast).device
     run: nn.Module = fast
     if mode is not None:
         built = fast.__dict__.get("_spruce_compiled")
@@ -48,14 +47,13 @@ def convert_compacted(model: nn.Module, backend: str, convert_fn: Callable[..., 
     """``convert_fn(compact(model), backend, ...)``; for ``auto``, kept only when it is not
     slower than the uncompacted model's dense twin (else auto on the uncompacted model).
     ``align`` is :func:`spruce.compact`'s width alignment."""
-    from .backends.convert import as_dtype, cast_input
+    from .backends.convert import as_dtype, cast_input, first_float
     from .compact import compact
     from .compiled import compile_mode
 
     if example_input is None:
         raise ValueError("compact=True needs example_input: the model is traced with it")
-    own = next((t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()),
-               None)
+    own = first_float(model)
     traced = example_input if own is None else cast_input(example_input, own.dtype, own.device)
     small = compact(model, example_input=traced, align=align)  # traced in the model's dtype
     error = small.spruce_compaction.error
@@ -67,8 +65,7 @@ def convert_compacted(model: nn.Module, backend: str, convert_fn: Callable[..., 
     if backend != "auto":
         return fast
     mode = compile_mode(compile)
-    first = next(t for t in [*fast.parameters(), *fast.buffers()] if t.is_floating_point())
-    dt = as_dtype(dtype) or first.dtype
+    dt = as_dtype(dtype) or first_float(fast).dtype
     timing = options.get("timing")
     dense = convert_fn(model, "dense", dtype=dtype, example_input=example_input, verify=False)
     dense_ms = whole_ms(dense, example_input, dt, timing, mode)

@@ -129,6 +129,14 @@ def batches_of(calibration: Iterable | None, criterion: str) -> list[Any]:
     return batches
 
 
+def _call_until_stop(model: nn.Module, batch: Any, device: torch.device, index: int) -> None:
+    """``call``, ended early (and quietly) by a hook that has captured what it needed."""
+    try:
+        call(model, batch, device, index)
+    except _Stop:
+        pass
+
+
 def call(model: nn.Module, batch: Any, device: torch.device, index: int) -> None:
     batch = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
     try:
@@ -205,9 +213,7 @@ def _dense_rows(dense: nn.Module, stage: list[str], batch: Any, expected: int,
 
     handles = [dense.get_submodule(n).register_forward_pre_hook(hook(n)) for n in stage]
     try:
-        call(dense, batch, device, index)
-    except _Stop:
-        pass
+        _call_until_stop(dense, batch, device, index)
     finally:
         for h in handles:
             h.remove()
@@ -255,10 +261,7 @@ def collect(model: nn.Module, layers: dict[str, nn.Module], stage: list[str],
                     _dense_rows(dense, stage, batch, expected, device, i)
                 state.update(seen=0, x=None, stats=None, dense=targets,
                              calls=dict.fromkeys(stage, 0))
-                try:
-                    call(model, batch, device, i)
-                except _Stop:
-                    pass
+                _call_until_stop(model, batch, device, i)
     finally:
         for h in handles:
             h.remove()

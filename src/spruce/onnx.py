@@ -130,11 +130,11 @@ def onnx_error(path: str | os.PathLike, model: nn.Module, example_input: Any) ->
     import onnxruntime as ort
 
     args, kwargs, names = _arguments(example_input)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}  # inputs the graph really reads
+    runtime = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in runtime.get_inputs()}  # inputs the graph really reads
     feed = {n: t.detach().cpu().numpy() for n, t in zip(names, [*args, *kwargs.values()],
                                                         strict=True) if n in wanted}
-    got = session.run(None, feed)
+    got = runtime.run(None, feed)
     with exportable_mode(model):
         ref = tensors_of(model(*args, **kwargs))
     if len(got) != len(ref):

@@ -108,6 +108,12 @@ def _pattern_names(layer: nn.Module) -> list[str]:
     return [p["name"] for p in mask_info(layer).get("patterns", [])]
 
 
+def first_float(model: nn.Module) -> torch.Tensor | None:
+    """The model's first floating-point parameter or buffer (its dtype and device), or None."""
+    return next((t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()),
+                None)
+
+
 def cast_input(example: Any, dtype: torch.dtype, device: torch.device) -> Any:
     """Floating tensors of an example input (a tensor, a tuple/list of positional inputs or
     a dict of keyword inputs, nested) in ``dtype`` on ``device``."""

@@ -81,7 +81,8 @@ def test_auto_with_compile_times_compiled_models_and_is_right():
 
 
 def whole_model_times(monkeypatch, times: list[float]) -> list:
-    """auto's whole-model timings are ``times`` in order (per-layer timing stays real);
+    """auto's whole-model timings are ``times`` in order, the last repeating (per-layer
+    timing stays real);
     returns the list of the models timed."""
     import spruce.auto as auto
 
@@ -91,7 +92,7 @@ def whole_model_times(monkeypatch, times: list[float]) -> list:
         if isinstance(example, tuple):  # a layer's input shape: timed for real
             return real(fn, example, dtype, device, timing, probe, inputs, graph)
         timed.append(fn)
-        return times[len(timed) - 1]
+        return times[min(len(timed), len(times)) - 1]  # the last one repeats
     monkeypatch.setattr(auto, "_time", fake)
     return timed
 
@@ -302,8 +303,9 @@ def test_auto_keeps_the_compacted_model_only_if_not_slower_than_uncompacted_dens
     plan = fast.spruce_plan
     assert plan.model_ms["compacted"] == compacted_ms
     assert plan.model_ms["dense, uncompacted"] == 2.0
-    full = n_params(spruce.convert(model, "dense", example_input=x))
-    assert (n_params(fast) < full) == kept
+    # auto's own per-layer picks are really timed (a channel backend also has fewer
+    # parameters): whether the compacted model was kept is read from its report
+    assert hasattr(unwrap(fast), "spruce_compaction") == kept
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
 

@@ -117,14 +117,15 @@ def mask_fingerprint(mask: torch.Tensor | None) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
 
-def layer_key(env: dict[str, str], t: Target, graph: bool = False) -> str:
-    """What a layer's choice depends on; ``graph``: its candidates were timed as CUDA
-    graphs (how a compiled model runs), so an eager plan is not reused for it."""
+def layer_key(env: dict[str, str], t: Target, compiled: bool = False) -> str:
+    """What a layer's choice depends on; ``compiled``: chosen for a compiled model (its
+    candidates timed as CUDA graphs on a GPU, those torch.compile cannot trace left out),
+    so an eager plan is not reused for it, nor the other way round."""
     shape = list(t.input_shape) if t.input_shape is not None else None
     return "|".join([env["device_name"], env["torch"], env["dtype"], type(t.layer).__name__,
                      str(list(t.layer.weight.shape)), str(shape), mask_fingerprint(t.mask)]
                     + (["channels_last"] if t.channels_last else [])
-                    + (["graph"] if graph else []))
+                    + (["compiled"] if compiled else []))
 
 
 def candidates(t: Target, dtype: torch.dtype, device: torch.device,
@@ -178,13 +179,19 @@ def _inputs_for(cache: dict[tuple, list], shape: tuple, dtype, device,
 
 
 def _measure(t: Target, choice: LayerChoice, dtype, device, options, timing: AutoTiming,
-             margin: float, inputs: list, graph: bool = False) -> dict[str, nn.Module]:
+             margin: float, inputs: list, graph: bool = False,
+             compiled: bool = False) -> dict[str, nn.Module]:
     """Build and time every candidate (dense first); set ``choice``; return the built
     modules. A candidate whose probe call is ``timing.abandon`` × slower than dense keeps
-    that probe time (listed in ``choice.probed``) — it cannot win by a margin."""
+    that probe time (listed in ``choice.probed``) — it cannot win by a margin.
+    ``compiled``: the model will run compiled, so a backend torch.compile cannot trace is
+    left out (each such layer would split the graph), its reason kept in ``choice.errors``."""
     built: dict[str, nn.Module] = {}
     shape = tuple(t.input_shape)
     for b in candidates(t, dtype, device, options):
+        if compiled and b.graph_break:
+            choice.errors[b.name] = f"left out for a compiled model: {b.graph_break}"
+            continue
         try:
             built[b.name] = build_module(b, t, options)
             dense = choice.times_ms.get("dense")
@@ -276,7 +283,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
     timing = timing or AutoTiming()
     new, device, dtype, targets = prepare(model, dtype, example_input,
                                           options.get("groups_from", "mask"))
-    graph = mode is not None and device.type == "cuda"
+    graph = mode is not None and device.type == "cuda"  # candidates timed as CUDA graphs
     env = {"device_name": device_name(device), "torch": torch.__version__,
            "dtype": dtype_name(dtype)}
     cached = _cached_plan(plan, env)
@@ -288,7 +295,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
     inputs: dict[tuple, list] = {}  # random inputs by shape, drawn once (on the CPU: slow)
     measured = False
     for t in targets:
-        choice = LayerChoice(t.name, layer_key(env, t, graph),
+        choice = LayerChoice(t.name, layer_key(env, t, mode is not None),
                              [t.layer.weight.shape[0], t.layer.weight[0].numel()],
                              list(t.input_shape) if t.input_shape is not None else None)
         old = cached.layers.get(t.name) if cached else None
@@ -303,7 +310,7 @@ def convert_auto(model: nn.Module, dtype: torch.dtype | None = None, example_inp
         else:
             built = _measure(t, choice, dtype, device, options, timing, margin,
                              _inputs_for(inputs, tuple(t.input_shape), dtype, device,
-                                         t.channels_last), graph)
+                                         t.channels_last), graph, mode is not None)
             modules[t.name] = built[choice.choice]
             measured = True
             if mode is not None:

@@ -24,6 +24,9 @@ eager converted model's.
 
 from __future__ import annotations
 
+import itertools
+import types
+import warnings
 from typing import Any
 
 import torch
@@ -55,6 +58,22 @@ def call(module: Any, x: Any) -> Any:
     return module(*x) if isinstance(x, tuple) else module(x)
 
 
+_serial = itertools.count()
+
+
+def own_entry(module: nn.Module):
+    """A function that calls ``module``, with a code object of its own. Dynamo keeps
+    compiled code per code object and runs a frame eagerly once it has been compiled
+    ``torch._dynamo.config.recompile_limit`` times (8): compiling many models of one class
+    (``auto``'s candidates, a dense twin, the user's own compiled copy) through their shared
+    ``forward`` would silently hand back eager models. Each compiled model gets its own."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return module(*args, **kwargs)
+    name = f"spruce_compiled_{next(_serial)}"
+    code = run.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, run.__globals__, name, None, run.__closure__)
+
+
 class CompiledModule(Wrapper):
     """``module`` run through ``torch.compile``; ``module`` itself stays the eager model
     (it is what :func:`spruce.save` writes and what ``state_dict`` holds)."""
@@ -65,13 +84,16 @@ class CompiledModule(Wrapper):
         self.module = module
         self.mode = mode
         # kept out of the module tree: its parameters are ``module``'s
-        self.__dict__["_compiled"] = torch.compile(module, mode=mode, dynamic=False)
+        self.__dict__["_compiled"] = torch.compile(own_entry(module), mode=mode,
+                                                   dynamic=False)
         if example_input is not None:
             self._warm(example_input, tolerance)
 
     def _warm(self, example: Any, tolerance: float | None) -> None:
-        """Compile now (for ``example``'s shapes) and check the compiled outputs."""
-        with torch.no_grad():
+        """Compile now (for ``example``'s shapes) and check the compiled outputs. Under
+        ``inference_mode``, as spruce times models: Dynamo compiles again for each grad mode
+        a model is called in, so a candidate timed by ``auto`` is compiled once, not twice."""
+        with torch.inference_mode():
             ref = _tensors(call(self.module, example))
             try:
                 out = _tensors(call(self._compiled, example))
@@ -123,6 +145,7 @@ def finish_model(fast: nn.Module, compile: bool | str, cuda_graph: bool | None,
         raise ValueError("cuda_graph=True needs CUDA; this machine has none")
     built = fast.__dict__.pop("_spruce_compiled", None)  # compiled while auto checked it
     if mode is not None:
+        _warn_graph_breaks(fast)
         fast = built if built is not None and built.mode == mode and built.module is fast \
             else CompiledModule(fast, mode, example, tolerance)
     if cuda_graph:
@@ -130,6 +153,22 @@ def finish_model(fast: nn.Module, compile: bool | str, cuda_graph: bool | None,
     elif measure_graph:
         fast = faster_of_graph_or_not(fast, example)
     return fast
+
+
+def _warn_graph_breaks(fast: nn.Module) -> None:
+    """Say which layers run on a backend torch.compile cannot trace (``auto`` never picks
+    one for a compiled model; a backend named by the caller may be one)."""
+    from .backends import get_backend, names
+
+    report = getattr(fast, "spruce_report", None)
+    rows = [r for r in (report.rows if report is not None else [])
+            if r.backend in names() and get_backend(r.backend).graph_break]
+    if rows:
+        names = ", ".join(r.name for r in rows[:5]) + (" …" if len(rows) > 5 else "")
+        warnings.warn(f"{len(rows)} layer(s) ({names}) run on {rows[0].backend}: "
+                      f"{get_backend(rows[0].backend).graph_break}, so each splits the "
+                      "compiled graph and runs eagerly; convert with backend='auto' (it leaves "
+                      "such backends out when compiling) or compile=False", stacklevel=3)
 
 
 def faster_of_graph_or_not(fast: nn.Module, example: Any) -> nn.Module:

@@ -53,6 +53,8 @@ class Backend:
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
     # why its modules cannot be exported to ONNX (``spruce.export_onnx``), or None
     not_exportable: ClassVar[str | None] = None
+    # why torch.compile cannot trace its modules (each one splits the compiled graph), or None
+    graph_break: ClassVar[str | None] = None
 
     @classmethod
     def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:

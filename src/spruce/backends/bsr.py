@@ -128,6 +128,7 @@ class Bsr(Backend):
 
     patterns = ("block",)
     not_exportable = "torch's sparse BSR tensors do not trace"
+    graph_break = "torch.compile cannot trace torch's sparse BSR tensors"
 
     @classmethod
     def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:

@@ -228,6 +228,7 @@ class Csr(Backend):
     """Any mask as CSR; CPU fp32, CUDA fp32/fp16/bf16 (see the module docstring)."""
 
     not_exportable = "torch's sparse CSR tensors do not trace"
+    graph_break = "torch.compile cannot trace torch's sparse CSR tensors"
 
     @classmethod
     def dtypes_on(cls, device_type: str) -> tuple[torch.dtype, ...]:

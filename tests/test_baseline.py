@@ -96,6 +96,30 @@ def test_the_grid_runs_on_the_cpu_and_checks_every_row(tmp_path):
     assert "| smoke_cnn | group | 0.5 | compact |" in text and "vs best" in text
 
 
+def test_the_grid_leaves_layers_smaller_than_a_block_dense():
+    """VGG-16's first conv has a 64 × 27 view: a 32 × 32 block does not fit, so block rows
+    prune every other layer instead of failing."""
+    import spruce
+    from spruce.patterns.base import kept_count
+
+    sys.path.insert(0, str(GRID))
+    try:
+        import grid
+        from grid_models import MODELS
+    finally:
+        sys.path.remove(str(GRID))
+    model = MODELS["smoke_cnn"].build().eval()  # convs 16×27, 32×144, 32×288; head excluded
+    kw = grid.prune_kwargs("block", MODELS["smoke_cnn"], model)
+    assert kw["block"] == (32, 32) and set(kw["exclude"]) == {"11", "0"}
+    spruce.prune(model, "block", 0.5, **kw)
+    masked = {n for n, m in model.named_modules() if hasattr(m, "parametrizations")}
+    assert masked == {"3", "6"}
+    w = model.get_submodule("6").weight.reshape(32, 9, 32)  # a 32 × 288 view: 9 blocks
+    kept = w.ne(0).any(dim=(0, 2))
+    assert bool((w.ne(0).sum(dim=(0, 2)) == 32 * 32 * kept).all())  # whole blocks only
+    assert int(kept.sum()) == kept_count(0.5, 9)
+
+
 def test_bench_model_flags_a_degenerate_reference(tmp_path):
     from spruce.bench.model import ModelOptions, bench_model
     from spruce.bench.report import findings

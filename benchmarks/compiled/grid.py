@@ -76,10 +76,21 @@ def to_fp32(x: Any) -> Any:
     return x.float() if x.is_floating_point() else x
 
 
-def prune_kwargs(pattern: str, entry: Entry) -> dict[str, Any]:
+BLOCK = (32, 32)
+
+
+def smaller_than_block(model: nn.Module) -> list[str]:
+    """Layers whose 2-D view (out × in·kh·kw) cannot hold one block: left dense."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d))
+            and (m.weight.shape[0] < BLOCK[0] or m.weight[0].numel() < BLOCK[1])]
+
+
+def prune_kwargs(pattern: str, entry: Entry, model: nn.Module) -> dict[str, Any]:
     kw: dict[str, Any] = {"exclude": list(entry.exclude)}
     if pattern == "block":
-        kw["block"] = (32, 32)
+        kw["block"] = BLOCK
+        kw["exclude"] += smaller_than_block(model)  # VGG's first conv: a 64 × 27 view
     if pattern == "group" and entry.channels_last:
         kw["unit"] = "channel"  # whole input channels of a conv: a smaller dense conv
     return kw
@@ -206,7 +217,7 @@ def measure(args) -> dict:
             pruned32 = copy.deepcopy(s.model32)
             try:
                 density = None if pattern == "2:4" else kept
-                spruce.prune(pruned32, pattern, density, **prune_kwargs(pattern, s.entry))
+                spruce.prune(pruned32, pattern, density, **prune_kwargs(pattern, s.entry, pruned32))
             except Exception as e:
                 results["rows"].append({"model": name, "pattern": pattern, "kept": kept,
                                         "error": f"prune: {type(e).__name__}: {e}"[:300]})

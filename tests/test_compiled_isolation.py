@@ -5,6 +5,7 @@ trace unless the caller asked for that backend by name."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -104,3 +105,14 @@ def test_whole_model_timing_inputs_keep_the_examples_layout():
         assert b["input_ids"].dtype == torch.long
         assert torch.equal(b["input_ids"], tokens["input_ids"].roll(i % 3, 0))
 
+
+
+def test_a_copy_of_a_compiled_model_runs_its_own_weights():
+    model, x = Net(32).eval(), torch.randn(4, 16)
+    fast = CompiledModule(model, "default", x, 1e-4)
+    clone = copy.deepcopy(fast)
+    assert clone.module is not model and clone.mode == fast.mode
+    with torch.no_grad():
+        clone.module.b.bias.add_(1.0)
+        torch.testing.assert_close(clone(x), fast(x) + 1.0, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

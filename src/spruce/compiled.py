@@ -24,6 +24,7 @@ eager converted model's.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import types
 import warnings
@@ -112,6 +113,11 @@ class CompiledModule(Wrapper):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._compiled(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> CompiledModule:
+        """A copy runs its own copy of the model (compiled again on its first call): the
+        compiled function closes over this model, and functions are not deep-copied."""
+        return CompiledModule(copy.deepcopy(self.module, memo), self.mode)
 
 
 

@@ -52,6 +52,8 @@ CHAR_MODELS = ("python -c \"from dataclasses import replace; from spruce.bench.c
 
 RESULTS: tuple[Result, ...] = (
     Result("cpu/any-model", "any-model", "Models spruce did not write: every step × model"),
+    Result("cpu/compiled", "compiled",
+           "Pruned models against the best dense path (eager, compiled), 2 CPU cores, batch 1"),
     Result("cpu/digits-structure", "digits-structure",
            "Coupled channel pruning on digits: ResNet-18 at 50% width"),
     Result("cpu/learned-masks-loop", "learned-masks-loop",

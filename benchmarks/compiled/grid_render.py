@@ -68,7 +68,7 @@ def row_cells(r: dict, d: dict) -> list[str]:
 
 def _commands(command: str | list[str] | None) -> list[str]:
     if isinstance(command, list):
-        return ["Commands (one run each, gathered with `--merge`):", "",
+        return ["Commands (one run each; their rows gathered here):", "",
                 *(f"- `{c}`" for c in command)]
     return [f"Command: `{command}`"]
 

@@ -299,3 +299,25 @@ def test_cli_prune_coupled_then_compact(tmp_path):
     back = spruce.load(small, spruce.zoo.build("resnet18", "cifar10"))
     assert back.layer4[0].conv2.out_channels == 256 and back.fc.in_features == 256
     assert isinstance(app, typer.Typer)
+
+
+def test_channels_pruned_only_where_written_stay_and_say_why():
+    """The channel pattern masks output rows: the bias of a pruned row still reaches the
+    next layer, so nothing goes, and the report (and convert's compact=True) say why."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 16)
+    spruce.prune(net, "channel", 0.5)
+    small = compact(net, x)
+    row = group(small, "2")
+    assert row.removed == 0 and small.spruce_compaction.params_after == \
+        small.spruce_compaction.params_before
+    assert row.reason.startswith("16 of 32 channels are pruned only where they are written "
+                                 "('0' output rows)") and "scope='coupled'" in row.reason
+    with pytest.warns(UserWarning, match="compacted nothing: 16 of 32 channels"):
+        fast = spruce.convert(net, "dense", example_input=x, compact=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-6)
+    coupled = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    spruce.prune(coupled, "channel", 0.5, scope="coupled", example_input=x)
+    assert group(compact(coupled, x), "2").removed == 16  # the fix the reason names works

@@ -26,7 +26,7 @@ from torch import nn
 from ..backends.convert import tolerance
 from ..masks import mask_module, masked_layers, set_submodule, unparametrized
 from ..structure.apply import slice_model, weight_of
-from ..structure.graph import build
+from ..structure.graph import OUT, build
 from ..structure.groups import CoupledGroup, coupled_groups, kept_indices
 from ..structure.trace import TraceError, call_args
 
@@ -123,7 +123,25 @@ def removable_units(model: nn.Module, group: CoupledGroup) -> tuple[list[int], s
         dead[key] = d
     units = [u for u, pos in enumerate(group.positions)
              if all(dead[k][pos[k]].all() for k in readers)]
-    return units, None
+    return units, None if units else _written_dead_only(model, group)
+
+
+def _written_dead_only(model: nn.Module, group: CoupledGroup) -> str | None:
+    """Why units pruned only where they are written (a layer's output rows: the channel
+    pattern) stay: their readers still read them, and a pruned row still outputs its bias
+    (shifted by any normalisation after it), so removing it would change the outputs."""
+    writers = [k for k in group.members if group.roles[k] == OUT]
+    dead = {k: _dead_along(model, *k) for k in writers}
+    if not writers or any(d is None for d in dead.values()):
+        return None
+    n = sum(all(dead[k][pos[k]].all() for k in writers) for pos in group.positions)
+    if not n:
+        return None
+    return (f"{n} of {len(group.units)} channels are pruned only where they are written "
+            f"('{writers[0][0].rpartition('.')[0]}' output rows); their readers still read "
+            "them, and a pruned row still outputs its bias (and any normalisation's shift), "
+            "so they stay. To compact, prune with scope='coupled' (masks the readers and "
+            "biases too) or the group pattern (masks the readers' input columns)")
 
 
 def compact(model: nn.Module, example_input: Any = None, verify: bool = True,

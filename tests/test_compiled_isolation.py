@@ -116,3 +116,23 @@ def test_a_copy_of_a_compiled_model_runs_its_own_weights():
         clone.module.b.bias.add_(1.0)
         torch.testing.assert_close(clone(x), fast(x) + 1.0, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_compiled_dense_baseline_leaves_other_compiled_models_alone():
+    """``dense_rows``' compiled path compiles each model in its own cache: twelve widths of
+    one class stay under the recompile limit, and a model compiled before is not reset."""
+    from spruce.bench.baseline import compiled_caller
+
+    x = torch.randn(2, 16)
+    earlier = CompiledModule(Net(8).eval(), "default", x, 1e-4)
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for width in range(8, 20):
+            model = Net(width).eval()
+            fn, secs = compiled_caller(model, x)
+            assert secs > 0
+            with torch.inference_mode():
+                torch.testing.assert_close(fn(x), model(x), rtol=1e-4, atol=1e-5)
+    before = unique_graphs()
+    with torch.inference_mode():
+        earlier(x)
+    assert unique_graphs() == before  # still compiled: no second compilation

@@ -85,6 +85,21 @@ def record(header: dict, name: str) -> dict:
     return next(r for r in header["layers"] if name == "*" or r["name"] == name)
 
 
+def header_edit(value, *path):
+    """Set (or, for KeyError, delete) ``path`` in a header; ``"@fc"`` steps into the layer
+    record named fc, ``"@*"`` into the first record, ``"*"`` into an object's first value."""
+    def fn(h):
+        obj = h
+        for k in path[:-1]:
+            obj = record(obj, k[1:]) if k.startswith("@") else \
+                next(iter(obj.values())) if k == "*" else obj[k]
+        if value is KeyError:
+            obj.pop(path[-1])
+        else:
+            obj[path[-1]] = value
+    return fn
+
+
 def rewrite(src: Path, dst: Path, header=None, tensors=None, raw: str | None = None) -> Path:
     """``src`` with another header (a dict, or ``raw`` text) and/or other tensors."""
     tensors = load_file(str(src)) if tensors is None else tensors

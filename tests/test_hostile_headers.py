@@ -19,6 +19,7 @@ from tests.hostile_files_kit import (
     HOSTILE,
     example,
     fuzz_header,
+    header_edit,
     header_of,
     header_paths,
     loads_same_or_names_file,
@@ -113,57 +114,43 @@ def test_compacted_shapes_are_checked_before_allocating(files, tmp_path):
 
 # ------------------------------------------------------------------ malformed headers
 
-def _put(value, *path):
-    """Set (or, for KeyError, delete) ``path`` in a header; ``"@fc"`` steps into the layer
-    record named fc, ``"@*"`` into the first record, ``"*"`` into an object's first value."""
-    def fn(h):
-        obj = h
-        for k in path[:-1]:
-            obj = record(obj, k[1:]) if k.startswith("@") else \
-                next(iter(obj.values())) if k == "*" else obj[k]
-        if value is KeyError:
-            obj.pop(path[-1])
-        else:
-            obj[path[-1]] = value
-    return fn
-
 
 @pytest.mark.parametrize("name,raw,edit,field", [
     ("masked_group", "[1, 2]", None, None), ("masked_group", "null", None, None),
     ("masked_group", "{no", None, None),
-    ("masked_group", None, _put({"fc": {}}, "layers"), "layers"),
-    ("masked_group", None, _put([1], "layers"), None),
-    ("masked_group", None, _put("group", "@fc", "mask", "patterns"), "patterns"),
-    ("masked_group", None, _put(KeyError, "kind"), "kind"),
-    ("masked_group", None, _put(KeyError, "format_version"), "format_version"),
-    ("masked_group", None, _put("2", "format_version"), "format_version"),
-    ("masked_group", None, _put("fc", "@head", "name"), "name"),
-    ("masked_group", None, _put({"backend": "csr"}, "@fc", "converted"), "converted"),
-    ("masked_group", None, _put(1, "@fc", "junk"), "junk"),
-    ("masked_group", None, _put("fp32", "dtype"), "dtype"),
-    ("converted_csr", None, _put([1], "layers"), None),
-    ("converted_csr", None, _put(KeyError, "layers"), "layers"),
-    ("converted_csr", None, _put(KeyError, "@*", "converted", "backend"), "backend"),
-    ("converted_csr", None, _put(KeyError, "@conv", "converted", "shape"), "shape"),
-    ("converted_csr", None, _put("os.system", "@conv", "converted", "index_dtype"),
+    ("masked_group", None, header_edit({"fc": {}}, "layers"), "layers"),
+    ("masked_group", None, header_edit([1], "layers"), None),
+    ("masked_group", None, header_edit("group", "@fc", "mask", "patterns"), "patterns"),
+    ("masked_group", None, header_edit(KeyError, "kind"), "kind"),
+    ("masked_group", None, header_edit(KeyError, "format_version"), "format_version"),
+    ("masked_group", None, header_edit("2", "format_version"), "format_version"),
+    ("masked_group", None, header_edit("fc", "@head", "name"), "name"),
+    ("masked_group", None, header_edit({"backend": "csr"}, "@fc", "converted"), "converted"),
+    ("masked_group", None, header_edit(1, "@fc", "junk"), "junk"),
+    ("masked_group", None, header_edit("fp32", "dtype"), "dtype"),
+    ("converted_csr", None, header_edit([1], "layers"), None),
+    ("converted_csr", None, header_edit(KeyError, "layers"), "layers"),
+    ("converted_csr", None, header_edit(KeyError, "@*", "converted", "backend"), "backend"),
+    ("converted_csr", None, header_edit(KeyError, "@conv", "converted", "shape"), "shape"),
+    ("converted_csr", None, header_edit("os.system", "@conv", "converted", "index_dtype"),
      "index_dtype"),
-    ("converted_csr", None, _put(-3, "@conv", "converted", "nnz"), "nnz"),
-    ("converted_groupwise", None, _put(-1, "@fc", "converted", "kept"), "kept"),
-    ("converted_csr", None, _put([0, 0], "@conv", "converted", "conv", "stride"), "stride"),
-    ("converted_csr", None, _put([-5, -5], "@conv", "converted", "conv", "padding"),
+    ("converted_csr", None, header_edit(-3, "@conv", "converted", "nnz"), "nnz"),
+    ("converted_groupwise", None, header_edit(-1, "@fc", "converted", "kept"), "kept"),
+    ("converted_csr", None, header_edit([0, 0], "@conv", "converted", "conv", "stride"), "stride"),
+    ("converted_csr", None, header_edit([-5, -5], "@conv", "converted", "conv", "padding"),
      "padding"),
-    ("converted_csr", None, _put("fp16", "dtype"), "dtype"),
-    ("converted_csr", None, _put(KeyError, "dtype"), "dtype"),
-    ("converted_csr", None, _put({"conv": "fc"}, "aliases"), "aliases"),
-    ("converted_csr", None, _put({"patterns": []}, "@fc", "mask"), "mask"),
-    ("compacted", None, _put([1], "@fc", "shapes"), "shapes"),
-    ("compacted", None, _put({"weight": [2.5, 3]}, "@fc", "shapes"), "shapes.weight"),
-    ("compacted", None, _put({"weight": [8, 128, 1]}, "@fc", "shapes"), "shapes.weight"),
-    ("compacted", None, _put({"w.x": [8]}, "@fc", "shapes"), "shapes"),
-    ("compacted", None, _put(True, "@fc", "folded"), "folded"),
-    ("compacted", None, _put(False, "@fc", "folded"), "folded"),
-    ("compacted", None, _put([1], "compaction_report"), "compaction_report"),
-    ("converted_groupwise", None, _put("diagonal", "@fc", "converted", "layout"), "layout")])
+    ("converted_csr", None, header_edit("fp16", "dtype"), "dtype"),
+    ("converted_csr", None, header_edit(KeyError, "dtype"), "dtype"),
+    ("converted_csr", None, header_edit({"conv": "fc"}, "aliases"), "aliases"),
+    ("converted_csr", None, header_edit({"patterns": []}, "@fc", "mask"), "mask"),
+    ("compacted", None, header_edit([1], "@fc", "shapes"), "shapes"),
+    ("compacted", None, header_edit({"weight": [2.5, 3]}, "@fc", "shapes"), "shapes.weight"),
+    ("compacted", None, header_edit({"weight": [8, 128, 1]}, "@fc", "shapes"), "shapes.weight"),
+    ("compacted", None, header_edit({"w.x": [8]}, "@fc", "shapes"), "shapes"),
+    ("compacted", None, header_edit(True, "@fc", "folded"), "folded"),
+    ("compacted", None, header_edit(False, "@fc", "folded"), "folded"),
+    ("compacted", None, header_edit([1], "compaction_report"), "compaction_report"),
+    ("converted_groupwise", None, header_edit("diagonal", "@fc", "converted", "layout"), "layout")])
 def test_malformed_headers_are_a_spruce_error(files, tmp_path, name, raw, edit, field):
     header = header_of(files[name])
     if edit:

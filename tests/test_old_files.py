@@ -14,6 +14,7 @@ from tests.file_cases import CASES, build_case, pruned_tiny
 from tests.hostile_files_kit import (
     example,
     fuzz_header,
+    header_edit,
     header_of,
     rewrite,
     tiny,
@@ -77,36 +78,24 @@ def test_mutated_version_1_headers_load_the_same_or_name_the_file(old_files, cas
     fuzz_header(old_files[case], f"mut_{old_files[case].name}")
 
 
-def _set(path, value):
-    def fn(h):
-        obj = h
-        for k in path[:-1]:
-            obj = obj[k]
-        if value is KeyError:
-            obj.pop(path[-1])
-        else:
-            obj[path[-1]] = value
-    return fn
-
-
 @pytest.mark.parametrize("case,edit,field", [
-    ("masked:group", _set(("format",), KeyError), "format_version"),
-    ("masked:group", _set(("format",), "pickle"), "format"),
-    ("masked:group", _set(("layers",), [1]), "layers"),
-    ("masked:group", _set(("layers", "fc", "patterns"), "group"), "patterns"),
-    ("compacted:group", _set(("compaction",), [1]), "compaction"),
-    ("compacted:group", _set(("compaction",), KeyError), "compaction"),
-    ("compacted:group", _set(("compaction", "shapes"), KeyError), "shapes"),
-    ("compacted:group", _set(("compaction", "shapes", "fc.weight"), [2.5, 3]),
+    ("masked:group", header_edit(KeyError, "format"), "format_version"),
+    ("masked:group", header_edit("pickle", "format"), "format"),
+    ("masked:group", header_edit([1], "layers"), "layers"),
+    ("masked:group", header_edit("group", "layers", "fc", "patterns"), "patterns"),
+    ("compacted:group", header_edit([1], "compaction"), "compaction"),
+    ("compacted:group", header_edit(KeyError, "compaction"), "compaction"),
+    ("compacted:group", header_edit(KeyError, "compaction", "shapes"), "shapes"),
+    ("compacted:group", header_edit([2.5, 3], "compaction", "shapes", "fc.weight"),
      "shapes.weight"),
-    ("compacted:group", _set(("compaction", "shapes", "fc.weight"), [10**12, 10**12]),
+    ("compacted:group", header_edit([10**12, 10**12], "compaction", "shapes", "fc.weight"),
      "shapes.weight"),
-    ("compacted:group", _set(("compaction", "folded"), ["fc"]), "folded"),
-    ("compacted:group", _set(("compaction", "folded"), [0]), "folded"),
-    ("compacted:group", _set(("report",), [1]), "report"),
-    ("converted:csr", _set(("layers", "conv", "nnz"), 10**12), "nnz"),
-    ("converted:csr", _set(("dtype",), "fp16"), "dtype"),
-    ("converted:groupwise", _set(("aliases",), {"fc": "conv"}), "aliases")])
+    ("compacted:group", header_edit(["fc"], "compaction", "folded"), "folded"),
+    ("compacted:group", header_edit([0], "compaction", "folded"), "folded"),
+    ("compacted:group", header_edit([1], "report"), "report"),
+    ("converted:csr", header_edit(10**12, "layers", "conv", "nnz"), "nnz"),
+    ("converted:csr", header_edit("fp16", "dtype"), "dtype"),
+    ("converted:groupwise", header_edit({"fc": "conv"}, "aliases"), "aliases")])
 def test_malformed_version_1_headers_name_file_and_field(old_files, tmp_path, case, edit,
                                                         field):
     header = header_of(old_files[case])

@@ -57,11 +57,10 @@ def convert_compacted(model: nn.Module, backend: str, convert_fn: Callable[..., 
     traced = example_input if own is None else cast_input(example_input, own.dtype, own.device)
     small = compact(model, example_input=traced, align=align)  # traced in the model's dtype
     report = small.spruce_compaction
-    written = [r.reason for r in report.rows if not r.removed and r.reason
-               and "pruned only where they are written" in r.reason]
+    written = [r.reason for r in report.rows if r.written_only]
     if report.error:
         warnings.warn(f"compact=True compacted nothing: {report.error}", stacklevel=3)
-    elif written and report.params_after == report.params_before:
+    elif written and not report.compacted:
         warnings.warn(f"compact=True compacted nothing: {written[0]}", stacklevel=3)
     extra = {"compile": compile} if backend == "auto" else {}
     fast = convert_fn(small, backend, dtype=dtype, example_input=example_input, verify=verify,

@@ -42,6 +42,7 @@ class CompactionRow:
     members: list[str] = field(default_factory=list)  # "param axis role"
     reason: str | None = None  # why it was left whole
     aligned: int = 0  # removable units kept so the width stays a multiple of ``align``
+    written_only: int = 0  # units pruned where written (output rows) but still read: kept
 
     @property
     def compacted(self) -> bool:
@@ -123,25 +124,28 @@ def removable_units(model: nn.Module, group: CoupledGroup) -> tuple[list[int], s
         dead[key] = d
     units = [u for u, pos in enumerate(group.positions)
              if all(dead[k][pos[k]].all() for k in readers)]
-    return units, None if units else _written_dead_only(model, group)
+    return units, None
 
 
-def _written_dead_only(model: nn.Module, group: CoupledGroup) -> str | None:
-    """Why units pruned only where they are written (a layer's output rows: the channel
-    pattern) stay: their readers still read them, and a pruned row still outputs its bias
-    (shifted by any normalisation after it), so removing it would change the outputs."""
+def written_only(model: nn.Module, group: CoupledGroup) -> int:
+    """Units pruned where they are written (every writer's output rows: the channel
+    pattern) that compaction must keep: their readers still read them, and a pruned row
+    still outputs its bias (shifted by any normalisation after it)."""
     writers = [k for k in group.members if group.roles[k] == OUT]
-    dead = {k: _dead_along(model, *k) for k in writers}
-    if not writers or any(d is None for d in dead.values()):
-        return None
-    n = sum(all(dead[k][pos[k]].all() for k in writers) for pos in group.positions)
-    if not n:
-        return None
+    dead = [_dead_along(model, *k) for k in writers]
+    if not writers or any(d is None for d in dead):
+        return 0
+    return sum(all(d[pos[k]].all() for k, d in zip(writers, dead, strict=True))
+               for pos in group.positions)
+
+
+def _written_only_reason(group: CoupledGroup, n: int) -> str:
+    writer = next(k for k in group.members if group.roles[k] == OUT)[0].rpartition(".")[0]
     return (f"{n} of {len(group.units)} channels are pruned only where they are written "
-            f"('{writers[0][0].rpartition('.')[0]}' output rows); their readers still read "
-            "them, and a pruned row still outputs its bias (and any normalisation's shift), "
-            "so they stay. To compact, prune with scope='coupled' (masks the readers and "
-            "biases too) or the group pattern (masks the readers' input columns)")
+            f"('{writer}' output rows); their readers still read them, and a pruned row "
+            "still outputs its bias (and any normalisation's shift), so they stay. To "
+            "compact, prune with scope='coupled' (masks the readers and biases too) or the "
+            "group pattern (masks the readers' input columns)")
 
 
 def compact(model: nn.Module, example_input: Any = None, verify: bool = True,
@@ -234,6 +238,9 @@ def _plan_group(model: nn.Module, g: CoupledGroup, exclude: list[str], align: in
     if row.reason is not None:
         return row, set()
     units, why = removable_units(model, g)
+    if not units and why is None:
+        row.written_only = written_only(model, g)
+        why = _written_only_reason(g, row.written_only) if row.written_only else None
     if len(units) == len(g.units):
         units = units[1:]  # keep one unit: shapes stay valid (its readers see zeros)
     if align > 1 and g.kind != "heads" and units:
